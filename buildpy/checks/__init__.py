@@ -1,0 +1,2 @@
+"""Build checks (lint rules) over the front end's instructions. May import: grammar.
+"""

@@ -1,0 +1,2 @@
+"""run, ps, commit, volumes and the image tree. May import: sandbox, cas, registry.
+"""

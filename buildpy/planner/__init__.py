@@ -1,0 +1,3 @@
+"""Stages, ARG/ENV scoping, the step DAG, cache keys, .dockerignore and context hashing. May
+import: grammar, cas.
+"""

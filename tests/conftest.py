@@ -1,0 +1,18 @@
+"""Shared test helpers: where the conformance data lives (beside the repo, never copied in)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CONFORMANCE = SHARED / "conformance"
+
+
+def conformance_dir(*parts: str) -> Path:
+    path = CONFORMANCE.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"conformance data missing: {path} (../shared must sit beside the repo)")
+    return path
