@@ -21,7 +21,7 @@ from buildpy.grammar.lalr import Token
 # Go's unicode.IsSpace, which BuildKit uses to trim and split (Python's isspace differs).
 GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 _WHITESPACE_RUN = re.compile(r"[\t\v\f\r ]+")  # BuildKit's reWhitespace: no newline
-_DIRECTIVE = re.compile(r"^([a-zA-Z][a-zA-Z0-9]*)[\s]*=[\s]*(.+?)[\s]*$", re.ASCII)
+_DIRECTIVE = re.compile(r"^([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*$")  # Go's \s
 _HEREDOC_WORD = re.compile(r"^([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)$")
 _KNOWN_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 

@@ -1,0 +1,237 @@
+"""Instruction flags (`--name=value`): which each instruction takes, their values, RUN's mounts.
+
+BuildKit's BFlags is the model: a flag is a string, a bool (`--link`, `--link=false`) or a
+repeatable string list (`--mount`, `--exclude`). An unknown flag, a missing value or a flag
+given twice is an error naming the flag's place. Nothing is accepted and then ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from buildpy.grammar.ast import Node, go_quote
+from buildpy.grammar.errors import DockerfileError
+from buildpy.grammar.suggest import did_you_mean
+
+STRING, BOOL, STRINGS = "string", "bool", "strings"
+
+FlagValue = str | bool | tuple[str, ...] | None
+
+
+def error_at(node: Node, text: str, message: str) -> DockerfileError:
+    """An error located at the first place `text` stands in the instruction."""
+    line, col = node.find(text)
+    return DockerfileError(message, line=line, col=col)
+
+
+def parse_flags(node: Node, flags: tuple[str, ...], spec: dict[str, str]) -> dict[str, FlagValue]:
+    """The values of `flags` (as the parser found them) per `spec` {name: kind}.
+
+    A flag not given is absent from the result (so "given as false" and "not given" differ).
+    """
+    values: dict[str, FlagValue] = {}
+    for word in flags:
+        if word == "--":
+            break
+        if not word.startswith("--"):
+            raise error_at(node, word, f"arg should start with -- : {word}")
+        flag, has_value, value = word.partition("=")
+        name = flag[2:]
+        kind = spec.get(name)
+        if kind is None:
+            if not spec:
+                message = f"{node.keyword.upper()} takes no flags, not {flag}"
+            else:
+                message = f"unknown flag: {flag}{did_you_mean(name, spec, case_sensitive=True)}"
+            raise error_at(node, flag, message)
+        if name in values and kind != STRINGS:
+            raise error_at(node, flag, f"duplicate flag specified: {flag}")
+        if kind == BOOL:
+            if has_value and value == "":
+                raise error_at(node, flag, f"missing a value on flag: {flag}")
+            lowered = value.lower()
+            if lowered not in ("", "true", "false"):
+                raise error_at(node, flag, f"expecting boolean value for flag {flag}, not: {value}")
+            values[name] = lowered != "false"
+        elif not has_value:
+            raise error_at(node, flag, f"missing a value on flag: {flag}")
+        elif kind == STRING:
+            values[name] = value
+        else:
+            values[name] = (*values.get(name, ()), value)  # type: ignore[misc]
+    return values
+
+
+# -- RUN --mount ------------------------------------------------------------------------------
+
+MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
+SHARING_MODES = ("shared", "private", "locked")
+_MOUNT_KEYS = (
+    "type", "from", "source", "target", "readonly", "id", "sharing", "required", "size", "mode",
+    "uid", "gid", "src", "dst", "destination", "ro", "rw", "readwrite", "env",
+)
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One `RUN --mount=…`, with BuildKit's defaults applied."""
+
+    type: str = "bind"
+    target: str = ""
+    source: str = ""
+    from_: str = ""  # a stage, an image or a named context
+    readonly: bool = True
+    id: str = ""  # cache id; secret id
+    sharing: str = ""  # cache: shared (default) | private | locked
+    required: bool = False
+    size: int = 0  # tmpfs size limit in bytes, 0 = none
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    env: str | None = None  # secret: expose as this environment variable
+
+
+def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
+    """A `--mount` value; `expand` substitutes variables in values.
+
+    Without `expand` (at parse time) a field whose value holds a variable is left at its default,
+    to be read once the stage's ARG and ENV are known.
+
+    Raises ValueError with BuildKit's message; the caller adds the location.
+    """
+    fields = _csv_fields(text)
+    values: dict[str, object] = {"type": "bind"}
+    readonly_given = False
+    for field in fields:
+        key, has_value, value = field.partition("=")
+        key = key.lower()
+        if not has_value:
+            if key in ("readonly", "ro"):
+                values["readonly"], readonly_given = True, True
+            elif key in ("readwrite", "rw"):
+                values["readonly"], readonly_given = False, True
+            elif key == "required":
+                _require_type(values, key, ("secret", "ssh"))
+                values["required"] = True
+            else:
+                raise ValueError(f"invalid field '{field}' must be a key=value pair")
+            continue
+        if key == "from" and "$" in value[:-1]:
+            raise ValueError("'from' doesn't support variable expansion, define alias stage instead")
+        if expand is not None:
+            value = expand(value)
+        elif "$" in value:
+            continue  # known only once expanded in its stage: checked then
+        if key == "type":
+            kind = value.lower()
+            if kind not in MOUNT_TYPES:
+                raise ValueError(f"unsupported mount type {_q(value)}{did_you_mean(value, MOUNT_TYPES)}")
+            values["type"] = kind
+        elif key == "from":
+            values["from_"] = value
+        elif key in ("source", "src"):
+            values["source"] = value
+        elif key in ("target", "dst", "destination"):
+            values["target"] = value
+        elif key in ("readonly", "ro"):
+            values["readonly"], readonly_given = _parse_bool(key, value), True
+        elif key in ("readwrite", "rw"):
+            values["readonly"], readonly_given = not _parse_bool(key, value), True
+        elif key == "required":
+            _require_type(values, key, ("secret", "ssh"))
+            values["required"] = _parse_bool(key, value)
+        elif key == "size":
+            _require_type(values, key, ("tmpfs",))
+            values["size"] = _parse_ram_bytes(key, value)
+        elif key == "id":
+            values["id"] = value
+        elif key == "sharing":
+            mode = value.lower()
+            if mode not in SHARING_MODES:
+                raise ValueError(f"unsupported sharing value {_q(value)}{did_you_mean(value, SHARING_MODES)}")
+            values["sharing"] = mode
+        elif key in ("mode", "uid", "gid"):
+            values[key] = _parse_uint(key, value, 8 if key == "mode" else 10)
+        elif key == "env":
+            values["env"] = value
+        else:
+            raise ValueError(f"unexpected key '{key}' in '{field}'{did_you_mean(key, _MOUNT_KEYS)}")
+    kind = values["type"]
+    if kind not in ("secret", "ssh", "cache"):
+        for key in ("mode", "uid", "gid"):
+            if values.get(key) is not None:
+                raise ValueError(f"{key} not allowed for {_q(kind)} type mounts")
+    if not readonly_given:
+        values["readonly"] = kind not in ("cache", "tmpfs")
+    if kind == "secret":
+        if values.get("from_"):
+            raise ValueError("secret mount should not have a from")
+        if values.get("sharing"):
+            raise ValueError("secret mount should not define sharing")
+        if not (values.get("source") or values.get("target") or values.get("id")):
+            raise ValueError("invalid secret mount. one of source, target required")
+        if values.get("source") and values.get("id"):
+            raise ValueError("both source and id can't be set")
+    if values.get("sharing") and kind != "cache":
+        raise ValueError(f"invalid cache sharing set for {kind} mount")
+    return Mount(**values)  # type: ignore[arg-type]
+
+
+def _require_type(values: dict[str, object], key: str, kinds: tuple[str, ...]) -> None:
+    if values["type"] not in kinds:
+        raise ValueError(f"unexpected key '{key}' for mount type '{values['type']}'")
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"invalid value for {key}: {value}")
+
+
+def _parse_uint(key: str, value: str, base: int) -> int:
+    try:
+        number = int(value, base)
+    except ValueError:
+        number = -1
+    if number < 0 or number >= 1 << 32 or not value.isascii() or value.strip() != value or "_" in value:
+        raise ValueError(f"invalid value {value} for {key}")
+    return number
+
+
+_RAM = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtpKMGTP]?)(?:[iI]?[bB])?$")
+
+
+def _parse_ram_bytes(key: str, value: str) -> int:
+    """docker/go-units RAMInBytes: binary multiples, `64m` = 64 MiB."""
+    m = _RAM.match(value)
+    if m is None:
+        raise ValueError(f"invalid value for {key}: {value}")
+    power = " kmgtp".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * 1024**power)
+
+
+def _csv_fields(text: str) -> list[str]:
+    """The comma-separated fields of a mount spec; a field may be double-quoted (Go's csv)."""
+    import csv
+
+    try:
+        rows = list(csv.reader([text], strict=True))
+    except csv.Error as e:
+        raise ValueError(f"failed to parse csv mounts: {e}") from None
+    return rows[0] if rows else []
+
+
+def _q(s: str) -> str:
+    return go_quote(s)
+
+
+# -- RUN --network / --security -----------------------------------------------------------------
+
+NETWORK_MODES = ("default", "none", "host")
+SECURITY_MODES = ("sandbox", "insecure")

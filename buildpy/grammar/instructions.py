@@ -1,0 +1,559 @@
+"""Typed instructions: each parser `Node` becomes one frozen dataclass, validated.
+
+BuildKit's `instructions` package is the model, with its messages. Words stay as written
+(variables unexpanded, quotes of ENV/LABEL/ARG values kept): expansion happens per stage, with
+the ARG and ENV in scope, in expand.py. Every mistake raises DockerfileError at its place.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from buildpy.grammar.ast import Heredoc, Node
+from buildpy.grammar.errors import DockerfileError
+from buildpy.grammar.flags import (
+    BOOL,
+    NETWORK_MODES,
+    SECURITY_MODES,
+    STRING,
+    STRINGS,
+    Mount,
+    error_at,
+    parse_flags,
+    parse_mount,
+)
+from buildpy.grammar.scanner import parse_heredoc
+from buildpy.grammar.suggest import did_you_mean
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    node: Node = field(repr=False, compare=False)
+
+    @property
+    def line(self) -> int:
+        return self.node.start_line
+
+    @property
+    def text(self) -> str:
+        """The instruction as written (continuations joined), for messages and history."""
+        return self.node.original.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class From(Instruction):
+    image: str = ""
+    name: str | None = None  # lower-cased, as BuildKit keys stages
+    platform: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Instruction):
+    """RUN, CMD and ENTRYPOINT: an exec list, or (`shell` True) one string for the SHELL."""
+
+    args: tuple[str, ...] = ()
+    shell: bool = True  # shell form: args is (command string,) to run with the stage's SHELL
+
+
+@dataclass(frozen=True, slots=True)
+class Run(Command):
+    heredocs: tuple[Heredoc, ...] = ()
+    mounts: tuple[Mount, ...] = ()  # as far as known before expansion
+    mount_specs: tuple[str, ...] = ()  # as written, read again once expanded
+    network: str = "default"
+    security: str = "sandbox"
+    devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Cmd(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Entrypoint(Command):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Shell(Instruction):
+    shell: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Env(Instruction):
+    pairs: tuple[tuple[str, str], ...] = ()
+    legacy: bool = False  # `ENV key value` (the LegacyKeyValueFormat check reports it)
+
+
+@dataclass(frozen=True, slots=True)
+class Label(Instruction):
+    pairs: tuple[tuple[str, str], ...] = ()
+    legacy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ArgDef:
+    name: str
+    default: str | None = None  # None: declared without a value
+
+
+@dataclass(frozen=True, slots=True)
+class Arg(Instruction):
+    args: tuple[ArgDef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Expose(Instruction):
+    ports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Volume(Instruction):
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class User(Instruction):
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Workdir(Instruction):
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Maintainer(Instruction):
+    maintainer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StopSignal(Instruction):
+    signal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Healthcheck(Instruction):
+    """`test` as the image config holds it: ["NONE"], ["CMD", …] or ["CMD-SHELL", command]."""
+
+    test: tuple[str, ...] = ()
+    interval: int = 0  # nanoseconds, 0 = the runtime's default
+    timeout: int = 0
+    start_period: int = 0
+    start_interval: int = 0
+    retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OnBuild(Instruction):
+    expression: str = ""  # the trigger as the image config stores it
+
+
+@dataclass(frozen=True, slots=True)
+class InlineSource:
+    """A heredoc standing for a COPY/ADD source file."""
+
+    name: str
+    data: str
+    expand: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FileCopy(Instruction):
+    sources: tuple[str, ...] = ()
+    dest: str = ""
+    inline: tuple[InlineSource, ...] = ()
+    chown: str = ""
+    chmod: str = ""
+    link: bool = False
+    excludes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Copy(FileCopy):
+    from_: str = ""
+    parents: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Add(FileCopy):
+    checksum: str = ""
+    keep_git_dir: bool | None = None
+    unpack: bool | None = None
+
+
+INSTRUCTION_NAMES = (
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+)
+
+
+def instruction_from_node(node: Node) -> Instruction:
+    """The typed instruction of a parser node; DockerfileError (file left to the caller)."""
+    build = _BUILDERS.get(node.command)
+    if build is None:
+        raise DockerfileError(
+            f"unknown instruction: {node.keyword}{did_you_mean(node.keyword, INSTRUCTION_NAMES)}",
+            line=node.start_line,
+            col=node.col,
+        )
+    try:
+        return build(node)
+    except DockerfileError as e:
+        raise e.located(line=node.start_line, col=node.col) from None
+
+
+def _error(node: Node, message: str) -> DockerfileError:
+    return DockerfileError(message, line=node.start_line, col=node.col)
+
+
+def _no_flags(node: Node) -> None:
+    parse_flags(node, node.flags, {})
+
+
+def _at_least_one(node: Node) -> None:
+    if not node.args:
+        raise _error(node, f"{node.command.upper()} requires at least one argument")
+
+
+def _exactly_one(node: Node) -> str:
+    if len(node.args) != 1:
+        raise _error(node, f"{node.command.upper()} requires exactly one argument")
+    return node.args[0]
+
+
+_STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
+
+
+def _from(node: Node) -> From:
+    args = node.args
+    name = None
+    if len(args) == 3 and args[1].lower() == "as":
+        name = args[2].lower()
+        if not _STAGE_NAME.match(name):
+            raise error_at(
+                node,
+                args[2],
+                f"invalid name for build stage: \"{args[2]}\", name can't start with a number or contain symbols",
+            )
+    elif len(args) != 1:
+        raise _error(node, "FROM requires either one or three arguments")
+    flags = parse_flags(node, node.flags, {"platform": STRING})
+    return From(node, image=args[0], name=name, platform=str(flags.get("platform", "")))
+
+
+def _command_args(node: Node) -> tuple[tuple[str, ...], bool]:
+    if node.json:
+        return node.args, False
+    return ((node.args[0],) if node.args else ()), True
+
+
+def _run(node: Node) -> Run:
+    flags = parse_flags(
+        node, node.flags, {"mount": STRINGS, "network": STRING, "security": STRING, "device": STRINGS}
+    )
+    network = str(flags.get("network", "default"))
+    if network not in NETWORK_MODES:
+        raise error_at(node, "--network", f"invalid network mode \"{network}\"{did_you_mean(network, NETWORK_MODES)}")
+    security = str(flags.get("security", "sandbox"))
+    if security not in SECURITY_MODES:
+        raise error_at(node, "--security", f"security \"{security}\" is not valid")
+    specs: tuple[str, ...] = flags.get("mount", ())  # type: ignore[assignment]
+    mounts = []
+    for spec in specs:
+        try:
+            # fields holding variables are read after expansion, in their stage (expand.py)
+            mounts.append(parse_mount(spec))
+        except ValueError as e:
+            raise error_at(node, spec, str(e)) from None
+    args, shell = _command_args(node)
+    if not args and not node.heredocs:
+        raise _error(node, "RUN requires at least one argument")
+    return Run(
+        node,
+        args=args,
+        shell=shell,
+        heredocs=node.heredocs,
+        mounts=tuple(mounts),
+        mount_specs=specs,
+        network=network,
+        security=security,
+        devices=flags.get("device", ()),  # type: ignore[arg-type]
+    )
+
+
+def _cmd(node: Node) -> Cmd:
+    _no_flags(node)
+    args, shell = _command_args(node)
+    return Cmd(node, args=args, shell=shell)
+
+
+def _entrypoint(node: Node) -> Entrypoint:
+    _no_flags(node)
+    args, shell = _command_args(node)
+    return Entrypoint(node, args=args, shell=shell)
+
+
+def _shell(node: Node) -> Shell:
+    _no_flags(node)
+    if not node.args:
+        raise _error(node, "SHELL requires at least one argument")
+    if not node.json:
+        raise _error(node, "SHELL requires the arguments to be in JSON form")
+    return Shell(node, shell=node.args)
+
+
+def _pairs(node: Node) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """ENV/LABEL words come as (key, value, separator) triples from the parser."""
+    if not node.args:
+        raise _error(node, f"{node.command.upper()} requires at least one argument")
+    if len(node.args) % 3:
+        raise _error(node, f"Bad input to {node.command.upper()}, too many arguments")
+    pairs = []
+    for i in range(0, len(node.args), 3):
+        key, value = node.args[i], node.args[i + 1]
+        if not key:
+            raise error_at(node, f"={value}", f"{node.command.upper()} names can not be blank")
+        pairs.append((key, value))
+    return tuple(pairs), node.args[2] == ""
+
+
+def _env(node: Node) -> Env:
+    _no_flags(node)
+    pairs, legacy = _pairs(node)
+    return Env(node, pairs=pairs, legacy=legacy)
+
+
+def _label(node: Node) -> Label:
+    _no_flags(node)
+    pairs, legacy = _pairs(node)
+    return Label(node, pairs=pairs, legacy=legacy)
+
+
+def _arg(node: Node) -> Arg:
+    _no_flags(node)
+    _at_least_one(node)
+    defs = []
+    for word in node.args:
+        name, has_value, value = word.partition("=")
+        if has_value and not name:
+            raise error_at(node, word, "ARG names can not be blank")
+        defs.append(ArgDef(name, value if has_value else None))
+    return Arg(node, args=tuple(defs))
+
+
+def _expose(node: Node) -> Expose:
+    _no_flags(node)
+    _at_least_one(node)
+    return Expose(node, ports=tuple(sorted(node.args)))
+
+
+def _volume(node: Node) -> Volume:
+    _no_flags(node)
+    _at_least_one(node)
+    paths = []
+    for path in node.args:
+        path = path.strip()
+        if not path:
+            raise _error(node, "VOLUME specified can not be an empty string")
+        paths.append(path)
+    return Volume(node, paths=tuple(paths))
+
+
+def _user(node: Node) -> User:
+    _no_flags(node)
+    return User(node, user=_exactly_one(node))
+
+
+def _workdir(node: Node) -> Workdir:
+    _no_flags(node)
+    return Workdir(node, path=_exactly_one(node))
+
+
+def _maintainer(node: Node) -> Maintainer:
+    _no_flags(node)
+    return Maintainer(node, maintainer=_exactly_one(node))
+
+
+def _stopsignal(node: Node) -> StopSignal:
+    _no_flags(node)
+    return StopSignal(node, signal=_exactly_one(node))
+
+
+_HEALTH_DURATIONS = ("interval", "timeout", "start-period", "start-interval")
+
+
+def _healthcheck(node: Node) -> Healthcheck:
+    _at_least_one(node)
+    kind = node.args[0].upper()
+    rest = node.args[1:]
+    if kind == "NONE":
+        _no_flags(node)
+        if rest:
+            raise _error(node, "HEALTHCHECK NONE takes no arguments")
+        return Healthcheck(node, test=("NONE",))
+    flags = parse_flags(node, node.flags, {name: STRING for name in (*_HEALTH_DURATIONS, "retries")})
+    if kind != "CMD":
+        raise error_at(node, node.args[0], f"Unknown type \"{node.args[0].upper()}\" in HEALTHCHECK (try CMD)")
+    if not rest:
+        raise _error(node, "Missing command after HEALTHCHECK CMD")
+    test = ("CMD", *rest) if node.json else ("CMD-SHELL", rest[0])
+    durations = {}
+    for name in _HEALTH_DURATIONS:
+        text = str(flags.get(name, ""))
+        try:
+            value = parse_go_duration(text) if text else 0
+        except ValueError:
+            raise error_at(node, f"--{name}", f"time: invalid duration \"{text}\"") from None
+        if 0 < value < 1_000_000:
+            raise error_at(node, f"--{name}", f"Interval \"{name}\" cannot be less than 1ms")
+        if value < 0:
+            raise error_at(node, f"--{name}", f"Interval \"{name}\" cannot be negative")
+        durations[name.replace("-", "_")] = value
+    retries = 0
+    if "retries" in flags:
+        text = str(flags["retries"])
+        try:
+            retries = int(text, 10)
+        except ValueError:
+            raise error_at(node, "--retries", f"strconv.ParseInt: parsing \"{text}\": invalid syntax") from None
+        if retries < 0:
+            raise error_at(node, "--retries", f"--retries cannot be negative ({retries})")
+    return Healthcheck(node, test=test, retries=retries, **durations)
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def parse_go_duration(text: str) -> int:
+    """Go's time.ParseDuration (`1h30m`, `2.5s`, `300ms`), in nanoseconds."""
+    sign = -1 if text.startswith("-") else 1
+    body = text[1:] if text[:1] in "+-" else text
+    if body == "0":
+        return 0
+    if not body:
+        raise ValueError(text)
+    total, pos = 0.0, 0
+    while pos < len(body):
+        m = _GO_DURATION.match(body, pos)
+        if m is None:
+            raise ValueError(text)
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    return sign * int(round(total))
+
+
+def _onbuild(node: Node) -> OnBuild:
+    _no_flags(node)
+    child = node.child
+    if child is None:
+        raise _error(node, "ONBUILD requires at least one argument")
+    trigger = child.keyword.upper()
+    if trigger == "ONBUILD":
+        raise _error(node, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+    if trigger in ("MAINTAINER", "FROM"):
+        raise _error(node, f"{trigger} isn't allowed as an ONBUILD trigger")
+    instruction_from_node(child)  # a trigger that would fail later fails now, at its line
+    expression = re.sub(r"(?i)^\s*ONBUILD\s*", "", node.original)
+    for doc in child.heredocs:
+        expression += "\n" + doc.content + doc.name
+    return OnBuild(node, expression=expression)
+
+
+def _sources_and_dest(node: Node) -> tuple[tuple[str, ...], str, tuple[InlineSource, ...]]:
+    command = node.command.upper()
+    if len(node.args) < 2:
+        raise _error(
+            node,
+            f"{command} requires at least two arguments, but only one was provided. Destination could not be determined",
+        )
+    *sources, dest = node.args
+    if parse_heredoc(dest) is not None:
+        raise error_at(node, dest, f"{command} cannot accept a heredoc as a destination")
+    docs = {doc.name: doc for doc in node.heredocs}
+    paths, inline = [], []
+    for source in sources:
+        opener = parse_heredoc(source) if not node.json else None
+        if opener is None:
+            paths.append(source)
+            continue
+        doc = docs.get(opener.name)
+        content = doc.body() if doc is not None else ""
+        inline.append(InlineSource(opener.name, content, opener.expand))
+    return tuple(paths), dest, tuple(inline)
+
+
+def _copy(node: Node) -> Copy:
+    flags = parse_flags(
+        node,
+        node.flags,
+        {"chown": STRING, "chmod": STRING, "from": STRING, "link": BOOL, "parents": BOOL, "exclude": STRINGS},
+    )
+    sources, dest, inline = _sources_and_dest(node)
+    return Copy(
+        node,
+        sources=sources,
+        dest=dest,
+        inline=inline,
+        chown=str(flags.get("chown", "")),
+        chmod=str(flags.get("chmod", "")),
+        link=bool(flags.get("link", False)),
+        excludes=flags.get("exclude", ()),  # type: ignore[arg-type]
+        from_=str(flags.get("from", "")),
+        parents=bool(flags.get("parents", False)),
+    )
+
+
+def _add(node: Node) -> Add:
+    flags = parse_flags(
+        node,
+        node.flags,
+        {
+            "chown": STRING,
+            "chmod": STRING,
+            "link": BOOL,
+            "keep-git-dir": BOOL,
+            "checksum": STRING,
+            "unpack": BOOL,
+            "exclude": STRINGS,
+        },
+    )
+    sources, dest, inline = _sources_and_dest(node)
+    return Add(
+        node,
+        sources=sources,
+        dest=dest,
+        inline=inline,
+        chown=str(flags.get("chown", "")),
+        chmod=str(flags.get("chmod", "")),
+        link=bool(flags.get("link", False)),
+        excludes=flags.get("exclude", ()),  # type: ignore[arg-type]
+        checksum=str(flags.get("checksum", "")),
+        keep_git_dir=flags.get("keep-git-dir"),  # type: ignore[arg-type]
+        unpack=flags.get("unpack"),  # type: ignore[arg-type]
+    )
+
+
+_BUILDERS = {
+    "add": _add,
+    "arg": _arg,
+    "cmd": _cmd,
+    "copy": _copy,
+    "entrypoint": _entrypoint,
+    "env": _env,
+    "expose": _expose,
+    "from": _from,
+    "healthcheck": _healthcheck,
+    "label": _label,
+    "maintainer": _maintainer,
+    "onbuild": _onbuild,
+    "run": _run,
+    "shell": _shell,
+    "stopsignal": _stopsignal,
+    "user": _user,
+    "volume": _volume,
+    "workdir": _workdir,
+}
