@@ -36,15 +36,16 @@ class _Parts:
                 self.child = item
                 continue
             kind = item.kind
-            if kind == "FLAG":
-                flags.append(item.value)
-            elif kind == "JSON":
+            if kind == "FLAGS":
+                flags.extend(item.value)
+            elif kind in ("JSON", "WORDS"):
                 args.extend(item.value)
-                self.json = True
-            elif kind == "PAIR":
-                args.extend(item.value)
-            elif kind == "HEREDOC":
-                heredocs.append(item.value)
+                self.json = self.json or kind == "JSON"
+            elif kind == "PAIRS":
+                for pair in item.value:
+                    args.extend(pair)
+            elif kind == "HEREDOCS":
+                heredocs.extend(item.value)
             else:
                 args.append(item.value)
         if keyword.kind == "UNKNOWN":

@@ -213,8 +213,8 @@ class Scanner:
         if len(parts) == 2:
             after_keyword = base + len(stripped) - len(parts[1])
             rest, flags, rest_offset = extract_flags(parts[1], self.escape, after_keyword)
-        for flag, offset in flags:
-            yield _token("FLAG", line, flag, offset)
+        if flags:
+            yield _token("FLAGS", line, "", flags[0][1], value=tuple(flag for flag, _ in flags))
         trimmed_offset = rest_offset + len(rest) - len(rest.lstrip(GO_SPACE))
         rest = go_trim(rest)
         if form is None:
@@ -231,8 +231,9 @@ class Scanner:
                 docs = heredocs_in(line.text)
             except DockerfileError as e:
                 raise e.located(line=line.start_line, col=line.col) from None
-            for doc in docs:
-                yield _token("HEREDOC", line, doc.name, 0, value=self.read_heredoc(doc, line.start_line))
+            if docs:
+                bodies = tuple(self.read_heredoc(doc, line.start_line) for doc in docs)
+                yield _token("HEREDOCS", line, "", 0, value=bodies)
 
 
 def _continuation_regex(escape: str) -> re.Pattern[str]:
@@ -255,6 +256,7 @@ def _locate(line: Line, offset: int) -> tuple[int, int]:
 
 
 def _argument_tokens(form: str, command: str, rest: str, escape: str, line: Line, offset: int) -> Iterator[Token]:
+    """The arguments as one token (a JSON array, the text, or the tuple of words or pairs)."""
     if form == "command":
         if rest:
             yield _json_or_text(rest, line, offset)
@@ -262,19 +264,22 @@ def _argument_tokens(form: str, command: str, rest: str, escape: str, line: Line
         json_token = _json_token(rest, line, offset)
         if json_token is not None:
             yield json_token
-        else:
-            yield from _whitespace_words(rest, line, offset)
+        elif rest:
+            yield _token("WORDS", line, rest, offset, value=tuple(_WHITESPACE_RUN.split(rest)))
     elif form == "words":
-        yield from _whitespace_words(rest, line, offset)
+        if rest:
+            yield _token("WORDS", line, rest, offset, value=tuple(_WHITESPACE_RUN.split(rest)))
     elif form == "text":
         if rest:
             yield _token("TEXT", line, rest, offset)
     elif form == "words_quoted":
-        for word in parse_words(rest, escape):
-            yield _token("WORD", line, word, offset)
+        words = parse_words(rest, escape)
+        if words:
+            yield _token("WORDS", line, rest, offset, value=tuple(words))
     elif form == "pairs":
-        for pair in name_value_pairs(command.upper(), rest, escape, line):
-            yield _token("PAIR", line, pair[0], offset, value=pair)
+        pairs = name_value_pairs(command.upper(), rest, escape, line)
+        if pairs:
+            yield _token("PAIRS", line, rest, offset, value=tuple(pairs))
     elif form == "healthcheck":
         yield from _healthcheck_tokens(rest, line, offset)
 
@@ -292,13 +297,6 @@ def _json_token(rest: str, line: Line, offset: int) -> Token | None:
 
 def _json_or_text(rest: str, line: Line, offset: int) -> Token:
     return _json_token(rest, line, offset) or _token("TEXT", line, rest, offset)
-
-
-def _whitespace_words(rest: str, line: Line, offset: int) -> Iterator[Token]:
-    if not rest:
-        return
-    for m in re.finditer(r"[^\t\v\f\r ]+", rest):
-        yield _token("WORD", line, m.group(), offset + m.start())
 
 
 def _healthcheck_tokens(rest: str, line: Line, offset: int) -> Iterator[Token]:
