@@ -1,12 +1,13 @@
 """Hostile text: whatever a Dockerfile holds, the front end parses it or says what is wrong.
 
 Arbitrary text and mutations of BuildKit's test files go through the whole front end (parse,
-typed instructions, stages); the only outcomes allowed are a result or DockerfileError, and
+typed instructions, stages, expansion); the only outcomes allowed are a result or DockerfileError, and
 every input must finish within a bound (a hang fails the test).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 from contextlib import contextmanager
 
@@ -14,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from buildpy.grammar.errors import DockerfileError
+from buildpy.grammar.expand import expand_instruction
 from buildpy.grammar.parser import parse
+from buildpy.grammar.stages import stages_from
 from tests.conftest import conformance_dir
 
 SEEDS = [
@@ -55,11 +58,11 @@ def front_end(text: str) -> None:
 
 
 def _typed(result) -> None:
-    try:
-        from buildpy.grammar.stages import stages_from
-    except ImportError:  # the instruction layer is optional to this test
-        return
-    stages_from(result)
+    dockerfile = stages_from(result)
+    env = {"A": "value", "EMPTY": ""}
+    for stage in dockerfile.stages:
+        for instruction in stage.instructions:
+            expand_instruction(instruction, env, dockerfile.escape)
 
 
 @st.composite
@@ -80,7 +83,8 @@ def mutated_seed(draw):
     return text
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# FUZZ_EXAMPLES=6000 for a longer hunt than CI affords
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
