@@ -53,12 +53,7 @@ class Node:
 
     def position(self, offset: int) -> tuple[int, int]:
         """(line, column) in the file of a character offset into `original`."""
-        line, col = self.start_line, self.col
-        for seg_offset, seg_line, seg_col in self.segments:
-            if seg_offset > offset:
-                break
-            line, col = seg_line, seg_col + (offset - seg_offset)
-        return line, col
+        return locate(self.segments, self.start_line, self.col, offset)
 
     def find(self, text: str) -> tuple[int, int]:
         """(line, column) of the first place `text` stands in the instruction, else its start."""
@@ -106,6 +101,15 @@ class ParseResult:
 
     def dump(self) -> str:
         return "".join(f"({n.dump()})\n" for n in self.nodes)
+
+
+def locate(segments: tuple[tuple[int, int, int], ...], line: int, col: int, offset: int) -> tuple[int, int]:
+    """(line, column) of `offset` in a logical line made of `segments` (offset, line, column)."""
+    for seg_offset, seg_line, seg_col in segments:
+        if seg_offset > offset:
+            break
+        line, col = seg_line, seg_col + (offset - seg_offset)
+    return line, col
 
 
 def go_quote(s: str) -> str:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from buildpy.grammar.ast import Directive, Heredoc, Warning, go_quote, loads_json_array
+from buildpy.grammar.ast import Directive, Heredoc, Warning, go_quote, loads_json_array, locate
 from buildpy.grammar.errors import DockerfileError
 from buildpy.grammar.lalr import Token
 
@@ -247,12 +247,7 @@ def _token(kind: str, line: Line, text: str, offset: int, value: object = None) 
 
 
 def _locate(line: Line, offset: int) -> tuple[int, int]:
-    lineno, col = line.start_line, line.col
-    for seg_offset, seg_line, seg_col in line.segments:
-        if seg_offset > offset:
-            break
-        lineno, col = seg_line, seg_col + (offset - seg_offset)
-    return lineno, col
+    return locate(line.segments, line.start_line, line.col, offset)
 
 
 def _argument_tokens(form: str, command: str, rest: str, escape: str, line: Line, offset: int) -> Iterator[Token]:

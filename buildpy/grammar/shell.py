@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
+from buildpy.grammar.ast import go_quote
 from buildpy.grammar.errors import ExpansionError
 
 __all__ = ["Expansion", "expand_word", "expand_words", "expand_word_tracked"]
@@ -229,7 +230,7 @@ class _Lexer:
         try:
             return scan()
         except ExpansionError as err:
-            raise ExpansionError(f"failed to process {_go_quote(self.text)}: {err.message}") from None
+            raise ExpansionError(f"failed to process {go_quote(self.text)}: {err.message}") from None
 
     # --- the word as a whole -------------------------------------------------------------
 
@@ -651,33 +652,4 @@ def _expand_template(template: str, match: str) -> str:
             out.append(match)
         i = stop + 1 if braced else stop
     out.append(template[i:])
-    return "".join(out)
-
-
-# --- messages ---------------------------------------------------------------------------
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-
-
-def _go_quote(text: str) -> str:
-    """`text` as Go's %q prints it, for error messages that read like BuildKit's."""
-    out = ['"']
-    for ch in text:
-        if ch == '"' or ch == "\\":
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            code = ord(ch)
-            if code < 0x20 or code == 0x7F:
-                out.append(f"\\x{code:02x}")
-            elif 0xD800 <= code < 0xE000:
-                out.append("\\ufffd")
-            elif code < 0x10000:
-                out.append(f"\\u{code:04x}")
-            else:
-                out.append(f"\\U{code:08x}")
-    out.append('"')
     return "".join(out)
