@@ -26,17 +26,58 @@ def error_at(node: Node, text: str, message: str) -> DockerfileError:
     return DockerfileError(message, line=line, col=col)
 
 
+def error_at_offset(node: Node, offset: int, message: str) -> DockerfileError:
+    """An error at a character offset into `node.original` (its start when the offset is -1)."""
+    line, col = node.position(offset) if offset >= 0 else (node.start_line, node.col)
+    return DockerfileError(message, line=line, col=col)
+
+
+def flag_offset(node: Node, flags: tuple[str, ...], index: int) -> int:
+    """Offset in `node.original` of `flags[index]`, -1 when not found.
+
+    The flags before it are passed over in order, so a repeated flag is told from its first use.
+    """
+    offset = found = 0
+    for word in flags[: index + 1]:
+        name = word.partition("=")[0]
+        found = node.original.find(name, offset)
+        if found < 0:
+            return -1
+        offset = found + len(name)
+    return found
+
+
+def flags_end(node: Node) -> int:
+    """An offset in `node.original` at or before its first argument: past the last flag's name."""
+    if not node.flags:
+        return 0
+    last = node.flags[-1]
+    found = flag_offset(node, node.flags, len(node.flags) - 1)
+    if found < 0:
+        return 0
+    if node.original.startswith(last, found):
+        return found + len(last)
+    end = found  # written with quotes: the word ends at the next blank
+    while end < len(node.original) and not node.original[end].isspace():
+        end += 1
+    return end
+
+
 def parse_flags(node: Node, flags: tuple[str, ...], spec: dict[str, str]) -> dict[str, FlagValue]:
     """The values of `flags` (as the parser found them) per `spec` {name: kind}.
 
     A flag not given is absent from the result (so "given as false" and "not given" differ).
     """
     values: dict[str, FlagValue] = {}
-    for word in flags:
+    for index, word in enumerate(flags):
         if word == "--":
             break
+
+        def error(message: str) -> DockerfileError:
+            return error_at_offset(node, flag_offset(node, flags, index), message)
+
         if not word.startswith("--"):
-            raise error_at(node, word, f"arg should start with -- : {word}")
+            raise error(f"arg should start with -- : {word}")
         flag, has_value, value = word.partition("=")
         name = flag[2:]
         kind = spec.get(name)
@@ -45,18 +86,18 @@ def parse_flags(node: Node, flags: tuple[str, ...], spec: dict[str, str]) -> dic
                 message = f"{node.keyword.upper()} takes no flags, not {flag}"
             else:
                 message = f"unknown flag: {flag}{did_you_mean(name, spec, case_sensitive=True)}"
-            raise error_at(node, flag, message)
+            raise error(message)
         if name in values and kind != STRINGS:
-            raise error_at(node, flag, f"duplicate flag specified: {flag}")
+            raise error(f"duplicate flag specified: {flag}")
         if kind == BOOL:
             if has_value and value == "":
-                raise error_at(node, flag, f"missing a value on flag: {flag}")
+                raise error(f"missing a value on flag: {flag}")
             lowered = value.lower()
             if lowered not in ("", "true", "false"):
-                raise error_at(node, flag, f"expecting boolean value for flag {flag}, not: {value}")
+                raise error(f"expecting boolean value for flag {flag}, not: {value}")
             values[name] = lowered != "false"
         elif not has_value:
-            raise error_at(node, flag, f"missing a value on flag: {flag}")
+            raise error(f"missing a value on flag: {flag}")
         elif kind == STRING:
             values[name] = value
         else:
@@ -106,6 +147,7 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
     fields = _csv_fields(text)
     values: dict[str, object] = {"type": "bind"}
     readonly_given = False
+    type_known = True  # False while `type=` holds a variable: the checks by type wait for it
     for field in fields:
         key, has_value, value = field.partition("=")
         key = key.lower()
@@ -115,7 +157,8 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
             elif key in ("readwrite", "rw"):
                 values["readonly"], readonly_given = False, True
             elif key == "required":
-                _require_type(values, key, ("secret", "ssh"))
+                if type_known:
+                    _require_type(values, key, ("secret", "ssh"))
                 values["required"] = True
             else:
                 raise ValueError(f"invalid field '{field}' must be a key=value pair")
@@ -125,6 +168,8 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
         if expand is not None:
             value = expand(value)
         elif "$" in value:
+            if key == "type":
+                type_known = False
             continue  # known only once expanded in its stage: checked then
         if key == "type":
             kind = value.lower()
@@ -142,10 +187,12 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
         elif key in ("readwrite", "rw"):
             values["readonly"], readonly_given = not _parse_bool(key, value), True
         elif key == "required":
-            _require_type(values, key, ("secret", "ssh"))
+            if type_known:
+                _require_type(values, key, ("secret", "ssh"))
             values["required"] = _parse_bool(key, value)
         elif key == "size":
-            _require_type(values, key, ("tmpfs",))
+            if type_known:
+                _require_type(values, key, ("tmpfs",))
             values["size"] = _parse_ram_bytes(key, value)
         elif key == "id":
             values["id"] = value
@@ -160,6 +207,8 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
             values["env"] = value
         else:
             raise ValueError(f"unexpected key '{key}' in '{field}'{did_you_mean(key, _MOUNT_KEYS)}")
+    if not type_known:
+        return Mount(**values)  # type: ignore[arg-type]
     kind = values["type"]
     if kind not in ("secret", "ssh", "cache"):
         for key in ("mode", "uid", "gid"):
@@ -195,13 +244,12 @@ def _parse_bool(key: str, value: str) -> bool:
 
 
 def _parse_uint(key: str, value: str, base: int) -> int:
-    try:
-        number = int(value, base)
-    except ValueError:
-        number = -1
-    if number < 0 or number >= 1 << 32 or not value.isascii() or value.strip() != value or "_" in value:
+    """Go's strconv.ParseUint(value, base, 32): digits only (no sign, `0o` prefix, `_`, spaces)."""
+    digits = "01234567" if base == 8 else "0123456789"
+    significant = value.lstrip("0")
+    if not value or any(ch not in digits for ch in value) or len(significant) > 11 or int(value, base) >= 1 << 32:
         raise ValueError(f"invalid value {value} for {key}")
-    return number
+    return int(value, base)
 
 
 _RAM = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtpKMGTP]?)(?:[iI]?[bB])?$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from buildpy.grammar.ast import Heredoc, Node
+from buildpy.grammar.ast import Heredoc, Node, go_quote
 from buildpy.grammar.errors import DockerfileError
 from buildpy.grammar.flags import (
     BOOL,
@@ -20,6 +20,9 @@ from buildpy.grammar.flags import (
     STRINGS,
     Mount,
     error_at,
+    error_at_offset,
+    flag_offset,
+    flags_end,
     parse_flags,
     parse_mount,
 )
@@ -233,9 +236,9 @@ def _from(node: Node) -> From:
     if len(args) == 3 and args[1].lower() == "as":
         name = args[2].lower()
         if not _STAGE_NAME.match(name):
-            raise error_at(
+            raise error_at_offset(
                 node,
-                args[2],
+                node.original.rfind(args[2]),  # the last word: not the image, which may be alike
                 f"invalid name for build stage: \"{args[2]}\", name can't start with a number or contain symbols",
             )
     elif len(args) != 1:
@@ -262,12 +265,14 @@ def _run(node: Node) -> Run:
         raise error_at(node, "--security", f"security \"{security}\" is not valid")
     specs: tuple[str, ...] = flags.get("mount", ())  # type: ignore[assignment]
     mounts = []
-    for spec in specs:
+    for spec, index in zip(specs, _flag_indexes(node, "--mount")):
         try:
             # fields holding variables are read after expansion, in their stage (expand.py)
             mounts.append(parse_mount(spec))
         except ValueError as e:
-            raise error_at(node, spec, str(e)) from None
+            # at the value of this --mount (an identical one before it is passed over)
+            offset = flag_offset(node, node.flags, index)
+            raise error_at_offset(node, offset + len("--mount=") if offset >= 0 else -1, str(e)) from None
     args, shell = _command_args(node)
     if not args and not node.heredocs:
         raise _error(node, "RUN requires at least one argument")
@@ -282,6 +287,40 @@ def _run(node: Node) -> Run:
         security=security,
         devices=flags.get("device", ()),  # type: ignore[arg-type]
     )
+
+
+def _flag_indexes(node: Node, name: str) -> list[int]:
+    """The indexes in `node.flags` of each use of the flag `name` (`--mount`)."""
+    indexes = []
+    for index, word in enumerate(node.flags):
+        if word == "--":
+            break
+        if word.partition("=")[0] == name:
+            indexes.append(index)
+    return indexes
+
+
+def _blank_name_offset(node: Node) -> int:
+    """Offset of the first word that starts with `=` (a blank ENV/LABEL/ARG name), else -1.
+
+    Quoted text is passed over: `a="b =c"` holds no such word.
+    """
+    text = node.original
+    quote = ""
+    i = flags_end(node) or len(node.keyword)
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and quote != "'":
+            i += 2
+            continue
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "=" and text[i - 1].isspace():
+            return i
+        i += 1
+    return -1
 
 
 def _cmd(node: Node) -> Cmd:
@@ -315,7 +354,7 @@ def _pairs(node: Node) -> tuple[tuple[tuple[str, str], ...], bool]:
     for i in range(0, len(node.args), 3):
         key, value = node.args[i], node.args[i + 1]
         if not key:
-            raise error_at(node, f"={value}", f"{node.command.upper()} names can not be blank")
+            raise error_at_offset(node, _blank_name_offset(node), f"{node.command.upper()} names can not be blank")
         pairs.append((key, value))
     return tuple(pairs), node.args[2] == ""
 
@@ -339,7 +378,7 @@ def _arg(node: Node) -> Arg:
     for word in node.args:
         name, has_value, value = word.partition("=")
         if has_value and not name:
-            raise error_at(node, word, "ARG names can not be blank")
+            raise error_at_offset(node, _blank_name_offset(node), "ARG names can not be blank")
         defs.append(ArgDef(name, value if has_value else None))
     return Arg(node, args=tuple(defs))
 
@@ -390,13 +429,17 @@ def _healthcheck(node: Node) -> Healthcheck:
     kind = node.args[0].upper()
     rest = node.args[1:]
     if kind == "NONE":
-        _no_flags(node)
+        given = node.flags[: node.flags.index("--")] if "--" in node.flags else node.flags
+        if given:  # the options are CMD's: "HEALTHCHECK takes no flags" would mislead
+            flag = given[0].partition("=")[0]
+            raise error_at(node, flag, f"HEALTHCHECK NONE takes no flags, not {flag}")
         if rest:
             raise _error(node, "HEALTHCHECK NONE takes no arguments")
         return Healthcheck(node, test=("NONE",))
     flags = parse_flags(node, node.flags, {name: STRING for name in (*_HEALTH_DURATIONS, "retries")})
     if kind != "CMD":
-        raise error_at(node, node.args[0], f"Unknown type \"{node.args[0].upper()}\" in HEALTHCHECK (try CMD)")
+        offset = node.original.find(node.args[0], flags_end(node))
+        raise error_at_offset(node, offset, f"Unknown type \"{node.args[0].upper()}\" in HEALTHCHECK (try CMD)")
     if not rest:
         raise _error(node, "Missing command after HEALTHCHECK CMD")
     test = ("CMD", *rest) if node.json else ("CMD-SHELL", rest[0])
@@ -405,8 +448,8 @@ def _healthcheck(node: Node) -> Healthcheck:
         text = str(flags.get(name, ""))
         try:
             value = parse_go_duration(text) if text else 0
-        except ValueError:
-            raise error_at(node, f"--{name}", f"time: invalid duration \"{text}\"") from None
+        except ValueError as e:
+            raise error_at(node, f"--{name}", str(e)) from None
         if 0 < value < 1_000_000:
             raise error_at(node, f"--{name}", f"Interval \"{name}\" cannot be less than 1ms")
         if value < 0:
@@ -416,34 +459,109 @@ def _healthcheck(node: Node) -> Healthcheck:
     if "retries" in flags:
         text = str(flags["retries"])
         try:
-            retries = int(text, 10)
-        except ValueError:
-            raise error_at(node, "--retries", f"strconv.ParseInt: parsing \"{text}\": invalid syntax") from None
+            retries = _parse_int32(text)
+        except ValueError as e:
+            raise error_at(node, "--retries", str(e)) from None
         if retries < 0:
             raise error_at(node, "--retries", f"--retries cannot be negative ({retries})")
     return Healthcheck(node, test=test, retries=retries, **durations)
 
 
-_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_DIGITS = "0123456789"
 
 
 def parse_go_duration(text: str) -> int:
-    """Go's time.ParseDuration (`1h30m`, `2.5s`, `300ms`), in nanoseconds."""
-    sign = -1 if text.startswith("-") else 1
-    body = text[1:] if text[:1] in "+-" else text
-    if body == "0":
+    """Go's time.ParseDuration (`1h30m`, `2.5s`, `300ms`), in nanoseconds.
+
+    A port of Go's algorithm: integer arithmetic, fractions truncated to the nanosecond, the
+    int64 range; ValueError with Go's message (`time: missing unit in duration "10"`).
+    """
+    invalid = ValueError(f"time: invalid duration {_time_quote(text)}")
+    s, negative = text, False
+    if s[:1] in ("-", "+"):
+        negative, s = s[0] == "-", s[1:]
+    if s == "0":
         return 0
-    if not body:
-        raise ValueError(text)
-    total, pos = 0.0, 0
-    while pos < len(body):
-        m = _GO_DURATION.match(body, pos)
-        if m is None:
-            raise ValueError(text)
-        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
-        pos = m.end()
-    return sign * int(round(total))
+    if not s:
+        raise invalid
+    limit = 1 << 63
+    total = 0
+    while s:
+        if s[0] != "." and s[0] not in _DIGITS:
+            raise invalid
+        i = whole = 0
+        while i < len(s) and s[i] in _DIGITS:
+            whole = whole * 10 + int(s[i])
+            if whole > limit:
+                raise invalid
+            i += 1
+        s, pre = s[i:], i > 0
+        fraction, scale, post = 0, 1.0, False
+        if s[:1] == ".":
+            s = s[1:]
+            i, overflow = 0, False
+            while i < len(s) and s[i] in _DIGITS:
+                # Go stops adding precision once the fraction would overflow
+                if not overflow:
+                    grown = fraction * 10 + int(s[i])
+                    if fraction > (limit - 1) // 10 or grown > limit:
+                        overflow = True
+                    else:
+                        fraction, scale = grown, scale * 10
+                i += 1
+            s, post = s[i:], i > 0
+        if not pre and not post:
+            raise invalid  # no digits: ".s"
+        i = 0
+        while i < len(s) and s[i] != "." and s[i] not in _DIGITS:
+            i += 1
+        if i == 0:
+            raise ValueError(f"time: missing unit in duration {_time_quote(text)}")
+        unit_name, s = s[:i], s[i:]
+        unit = _GO_UNITS.get(unit_name)
+        if unit is None:
+            raise ValueError(f"time: unknown unit {_time_quote(unit_name)} in duration {_time_quote(text)}")
+        if whole > limit // unit:
+            raise invalid
+        value = whole * unit
+        if fraction:
+            value += int(float(fraction) * (float(unit) / scale))  # Go's float64 step, truncated
+            if value > limit:
+                raise invalid
+        total += value
+        if total > limit:
+            raise invalid
+    if negative:
+        return -total
+    if total > limit - 1:
+        raise invalid
+    return total
+
+
+def _time_quote(s: str) -> str:
+    """Go time package's `quote`: double quotes; `"` and `\\` escaped; other bytes as \\xNN."""
+    out = ['"']
+    for ch in s:
+        if ord(ch) >= 0x80 or ch < " ":
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogatepass"))
+        else:
+            out.append("\\" + ch if ch in '"\\' else ch)
+    out.append('"')
+    return "".join(out)
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def _parse_int32(text: str) -> int:
+    """Go's strconv.ParseInt(text, 10, 32), with its error messages."""
+    if not _INT.fullmatch(text):
+        raise ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: invalid syntax")
+    value = int(text)
+    if not -(1 << 31) <= value < 1 << 31:
+        raise ValueError(f"strconv.ParseInt: parsing {go_quote(text)}: value out of range")
+    return value
 
 
 def _onbuild(node: Node) -> OnBuild:
@@ -472,7 +590,8 @@ def _sources_and_dest(node: Node) -> tuple[tuple[str, ...], str, tuple[InlineSou
         )
     *sources, dest = node.args
     if parse_heredoc(dest) is not None:
-        raise error_at(node, dest, f"{command} cannot accept a heredoc as a destination")
+        # the last word: a source may be written alike
+        raise error_at_offset(node, node.original.rfind(dest), f"{command} cannot accept a heredoc as a destination")
     docs = {doc.name: doc for doc in node.heredocs}
     paths, inline = [], []
     for source in sources:

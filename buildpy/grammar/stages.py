@@ -3,7 +3,7 @@
 A stage starts at each FROM. It depends on an earlier stage it is built FROM, on the stages
 its `COPY --from=NAME|INDEX` and `RUN --mount=from=NAME` read, and on nothing else; any other
 name there is an image. Resolution follows BuildKit: FROM sees only earlier stages; `--from`
-sees every stage, so a cycle is possible and is an error naming where it closes.
+names any stage, so a cycle is reported (where it closes) before a read of a later stage.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from buildpy.grammar.ast import Directive, ParseResult, Warning
 from buildpy.grammar.errors import DockerfileError
-from buildpy.grammar.flags import error_at
+from buildpy.grammar.flags import error_at_offset
 from buildpy.grammar.instructions import Arg, Copy, From, Instruction, Run, instruction_from_node
 from buildpy.grammar.suggest import did_you_mean
 
@@ -96,8 +96,10 @@ def stages_from(result: ParseResult) -> Dockerfile:
                 )
         if not groups:
             raise DockerfileError("no build stage in the Dockerfile: it needs a FROM", line=1, col=1)
-        stages = _link(groups)
+        stages, forward = _link(groups)
         _check_cycles(stages)
+        if forward:
+            raise forward[0]
     except DockerfileError as e:
         e.file = result.file
         raise
@@ -106,15 +108,21 @@ def stages_from(result: ParseResult) -> Dockerfile:
     )
 
 
-def _link(groups: list[tuple[From, list[Instruction]]]) -> tuple[Stage, ...]:
+def _link(groups: list[tuple[From, list[Instruction]]]) -> tuple[tuple[Stage, ...], list[DockerfileError]]:
+    """The stages with their edges, and an error for each read of a stage defined later.
+
+    BuildKit builds stages in file order, so reading a later stage fails (after its check for
+    cycles, which is why these errors are returned rather than raised).
+    """
     by_name: dict[str, int] = {}
+    forward: list[DockerfileError] = []
     for index, (start, _) in enumerate(groups):
         if start.name is not None:
             if start.name in by_name:
                 first = groups[by_name[start.name]][0]
-                raise error_at(
+                raise error_at_offset(
                     start.node,
-                    start.node.args[2],
+                    start.node.original.rfind(start.node.args[2]),  # the name, not an image alike
                     f"duplicate stage name \"{start.name}\", first defined on line {first.line}",
                 )
             by_name[start.name] = index
@@ -132,9 +140,11 @@ def _link(groups: list[tuple[From, list[Instruction]]]) -> tuple[Stage, ...]:
                     images.append(ref)
                 elif resolved == index:
                     label = start.name or str(index)
-                    raise error_at(instruction.node, ref, f"stage \"{label}\" cannot read from itself")
+                    raise _error_at_ref(instruction, ref, f"stage \"{label}\" cannot read from itself")
                 else:
                     deps.add(resolved)
+                    if resolved > index:
+                        forward.append(_forward_error(instruction, ref, groups[resolved][0], start, index))
         stages.append(
             Stage(
                 index=index,
@@ -148,7 +158,24 @@ def _link(groups: list[tuple[From, list[Instruction]]]) -> tuple[Stage, ...]:
                 images=tuple(images),
             )
         )
-    return tuple(stages)
+    return tuple(stages), forward
+
+
+def _forward_error(instruction: Instruction, ref: str, later: From, start: From, index: int) -> DockerfileError:
+    current = start.name or str(index)
+    if isinstance(instruction, Copy):
+        message = f"cannot copy from stage \"{ref}\", it needs to be defined before current stage \"{current}\""
+    else:
+        message = f"cannot mount from stage \"{ref}\", stage needs to be defined before current command"
+    return _error_at_ref(instruction, ref, f"{message} (it is defined on line {later.line})")
+
+
+def _error_at_ref(instruction: Instruction, ref: str, message: str) -> DockerfileError:
+    """An error at the value of the `--from=REF` / `from=REF` that names `ref`."""
+    original = instruction.node.original
+    m = re.search(rf"from={re.escape(ref)}(?=[\s,\"']|$)", original)
+    offset = m.start() + len("from=") if m else original.find(ref)
+    return error_at_offset(instruction.node, offset, message)
 
 
 def _stage_refs(instruction: Instruction) -> list[tuple[str, bool]]:
@@ -165,38 +192,54 @@ def _resolve(
 ) -> int | None:
     """The stage `ref` names, or None when it names an image; an error when it is neither."""
     if "$" in ref:
-        raise error_at(
-            instruction.node,
+        raise _error_at_ref(
+            instruction,
             ref,
             "variable expansion is not supported for --from, define a new stage with FROM using "
             "ARG from global scope as a workaround",
         )
-    if allow_index and ref.isdigit():
-        index = int(ref)
+    index = _index_of(ref) if allow_index else None
+    if index is not None:
         if index >= count:
-            raise error_at(instruction.node, ref, f"invalid stage index {index}: the file has {count} stages")
+            raise _error_at_ref(instruction, ref, f"invalid stage index {index}: stages are numbered 0 to {count - 1}")
         return index
     found = by_name.get(ref.lower())
     if found is not None:
         return found
     if not is_image_reference(ref):
         hint = did_you_mean(ref, by_name) or (f" (stages: {', '.join(by_name)})" if by_name else "")
-        raise error_at(
-            instruction.node, ref, f"--from={ref} names no stage and is not a valid image reference{hint}"
+        raise _error_at_ref(
+            instruction, ref, f"--from={ref} names no stage and is not a valid image reference{hint}"
         )
     return None
 
 
+def _index_of(ref: str) -> int | None:
+    """The stage index `ref` writes, as Go's strconv.Atoi reads it (ASCII digits, int64), else None.
+
+    Anything else is a name (or an image): `²`, or digits beyond int64, as BuildKit has it.
+    """
+    if not (ref.isascii() and ref.isdigit()):
+        return None
+    digits = ref.lstrip("0") or "0"
+    if len(digits) > 19:  # past int64 (and before int() grows slow on long text)
+        return None
+    value = int(digits)
+    return value if value < 1 << 63 else None
+
+
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:localhost|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+# re.ASCII: Go's `\w` is [0-9A-Za-z_]; fullmatch: `$` would also match before a final newline
 _REFERENCE = re.compile(
-    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
+    rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?",
+    re.ASCII,
 )
 
 
 def is_image_reference(text: str) -> bool:
     """Whether `text` is a well-formed image reference (`busybox`, `host:5000/a/b:tag@sha256:…`)."""
-    return len(text) <= 255 and _REFERENCE.match(text) is not None
+    return len(text) <= 255 and _REFERENCE.fullmatch(text) is not None
 
 
 def _check_cycles(stages: tuple[Stage, ...]) -> None:
@@ -223,9 +266,12 @@ def _check_cycles(stages: tuple[Stage, ...]) -> None:
 def _error_where_read(stage: Stage, dep: Stage, message: str) -> DockerfileError:
     """An error at the instruction of `stage` that reads `dep` (its FROM if nothing else does)."""
     for instruction in stage.instructions:
-        for ref, _ in _stage_refs(instruction):
-            if ref.lower() == dep.name or ref == str(dep.index):
-                return error_at(instruction.node, ref, message)
+        for ref, allow_index in _stage_refs(instruction):
+            # the same reading as _resolve: an index only for COPY --from, a name in any case
+            if (allow_index and _index_of(ref) == dep.index) or (
+                dep.name is not None and ref.lower() == dep.name
+            ):
+                return _error_at_ref(instruction, ref, message)
     return DockerfileError(message, line=stage.start.line, col=stage.start.node.col)
 
 
@@ -242,8 +288,12 @@ def describe_stages(dockerfile: Dockerfile, target: str | None = None) -> str:
         lines.append(
             f"stage {stage.index} {stage.name or '(unnamed)'}: FROM {base}"
             f"{' --platform=' + stage.platform if stage.platform else ''}"
-            f" (line {stage.start.line}, {len(stage.instructions)} instructions); needs {needs}{images}"
+            f" (line {stage.start.line}, {_count(len(stage.instructions), 'instruction')}); needs {needs}{images}"
         )
     order = " -> ".join(s.label for s in dockerfile.stages_needed(target))
     lines.append(f"build order for {dockerfile.stage(target).label}: {order}")
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
