@@ -340,7 +340,7 @@ def test_mount_from_with_trailing_dollar_is_not_a_variable():
         ("type=bnd,target=/x", 'unsupported mount type "bnd" (did you mean bind?)'),
         ("type=volume,target=/x", 'unsupported mount type "volume"'),
         ("type=cache,tagret=/x", "unexpected key 'tagret' in 'tagret=/x' (did you mean target?)"),
-        ("type=cache,foo=bar", "unexpected key 'foo' in 'foo=bar'"),
+        ("type=cache,foo=bar", "unexpected key 'foo' in 'foo=bar' (did you mean from?)"),
         ("type=cache,target", "invalid field 'target' must be a key=value pair"),
         ("type=bind,target=/x,uid=1", 'uid not allowed for "bind" type mounts'),
         ("type=bind,target=/x,gid=1", 'gid not allowed for "bind" type mounts'),
@@ -840,8 +840,9 @@ def test_copy_alone_on_its_line_has_no_arguments():
     [
         ("FROM a\nFORM alpine\n", "unknown instruction: FORM (did you mean FROM?)", 2, 1),
         ("FROM a\n  COPPY a b\n", "unknown instruction: COPPY (did you mean COPY?)", 2, 3),
-        ("FOO bar\n", "unknown instruction: FOO", 1, 1),
-        ("foo bar\n", "unknown instruction: foo", 1, 1),
+        ("FOO bar\n", "unknown instruction: FOO (did you mean FROM?)", 1, 1),
+        ("foo bar\n", "unknown instruction: foo (did you mean from?)", 1, 1),
+        ("FROM a\nXYZZY b\n", "unknown instruction: XYZZY", 2, 1),
     ],
 )
 def test_unknown_instruction(text, message, line, col):

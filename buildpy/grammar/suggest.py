@@ -1,4 +1,8 @@
-"""Did-you-mean suggestions for unknown names (instructions, flags, stages, mount keys)."""
+"""Did-you-mean suggestions for unknown names (instructions, flags, stages, mount keys).
+
+BuildKit's rule: the nearest option at most two edits away, written in the case the user
+wrote (`form` → `from`, `RUNN` → `RUN`); none when the word is itself an option.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,31 @@ from collections.abc import Iterable
 
 
 def closest(word: str, options: Iterable[str], *, case_sensitive: bool = False) -> str | None:
-    """The option nearest to `word` by edit distance, if near enough to be a likely typo."""
+    """The option nearest to `word` within two edits, in the user's case; None if none is."""
     key = word if case_sensitive else word.lower()
-    best, best_distance = None, None
+    match, best = None, 3
     for option in sorted(set(options)):
-        distance = _levenshtein(key, option if case_sensitive else option.lower())
-        if best_distance is None or distance < best_distance:
-            best, best_distance = option, distance
-    if best is None or best_distance is None:
-        return None
-    # BuildKit's rule of thumb: a third of the word may be wrong, and never all of it
-    if best_distance == 0 or best_distance > max(1, len(word) // 3) + (1 if len(word) > 3 else 0):
-        return None if best_distance else best
-    return best
+        candidate = option if case_sensitive else option.lower()
+        if candidate == key:
+            return None  # the word is valid: the mistake is elsewhere
+        distance = _levenshtein(key, candidate)
+        if distance < best:
+            match, best = (candidate if case_sensitive else _match_case(candidate, word)), distance
+    return match
 
 
 def did_you_mean(word: str, options: Iterable[str], *, case_sensitive: bool = False) -> str:
     """" (did you mean X?)" when an option is close to `word`, else ""."""
     match = closest(word, options, case_sensitive=case_sensitive)
-    return f" (did you mean {match}?)" if match is not None and match != word else ""
+    return f" (did you mean {match}?)" if match else ""
+
+
+def _match_case(option: str, typed: str) -> str:
+    if typed == typed.lower():
+        return option.lower()
+    if typed == typed.upper():
+        return option.upper()
+    return option
 
 
 def _levenshtein(a: str, b: str) -> int:
