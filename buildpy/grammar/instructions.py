@@ -323,16 +323,15 @@ def _blank_name_offset(node: Node) -> int:
     return -1
 
 
-def _cmd(node: Node) -> Cmd:
-    _no_flags(node)
-    args, shell = _command_args(node)
-    return Cmd(node, args=args, shell=shell)
+def _exec_or_shell(kind: type[Cmd] | type[Entrypoint]):
+    """CMD and ENTRYPOINT: no flags, exec or shell form."""
 
+    def build(node: Node) -> Command:
+        _no_flags(node)
+        args, shell = _command_args(node)
+        return kind(node, args=args, shell=shell)
 
-def _entrypoint(node: Node) -> Entrypoint:
-    _no_flags(node)
-    args, shell = _command_args(node)
-    return Entrypoint(node, args=args, shell=shell)
+    return build
 
 
 def _shell(node: Node) -> Shell:
@@ -359,16 +358,15 @@ def _pairs(node: Node) -> tuple[tuple[tuple[str, str], ...], bool]:
     return tuple(pairs), node.args[2] == ""
 
 
-def _env(node: Node) -> Env:
-    _no_flags(node)
-    pairs, legacy = _pairs(node)
-    return Env(node, pairs=pairs, legacy=legacy)
+def _key_values(kind: type[Env] | type[Label]):
+    """ENV and LABEL: no flags, key=value pairs (or the legacy `key value`)."""
 
+    def build(node: Node) -> Env | Label:
+        _no_flags(node)
+        pairs, legacy = _pairs(node)
+        return kind(node, pairs=pairs, legacy=legacy)
 
-def _label(node: Node) -> Label:
-    _no_flags(node)
-    pairs, legacy = _pairs(node)
-    return Label(node, pairs=pairs, legacy=legacy)
+    return build
 
 
 def _arg(node: Node) -> Arg:
@@ -659,14 +657,14 @@ def _add(node: Node) -> Add:
 _BUILDERS = {
     "add": _add,
     "arg": _arg,
-    "cmd": _cmd,
+    "cmd": _exec_or_shell(Cmd),
     "copy": _copy,
-    "entrypoint": _entrypoint,
-    "env": _env,
+    "entrypoint": _exec_or_shell(Entrypoint),
+    "env": _key_values(Env),
     "expose": _expose,
     "from": _from,
     "healthcheck": _healthcheck,
-    "label": _label,
+    "label": _key_values(Label),
     "maintainer": _maintainer,
     "onbuild": _onbuild,
     "run": _run,
