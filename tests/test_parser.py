@@ -302,3 +302,48 @@ def test_file_name_in_errors():
     with pytest.raises(DockerfileError) as info:
         parse("FROM a\nENV X\n", file="build/Dockerfile.dev")
     assert str(info.value) == "build/Dockerfile.dev:2:1: ENV must have two arguments"
+
+
+def test_line_numbers_span_continuations_blank_lines_and_comments():
+    text = (
+        "# ESCAPE=\\\n\n\n\nFROM brimstone/ubuntu:14.04\n\n\n# TORUN -v x\n\n\nENV GOPATH \\\n/go\n\n\n\n"
+        "# Install\nRUN apt-get update \\\n\t&& one \\\n\n\n    && two \\\n# note\n    && three\n\n"
+    )
+    nodes = parse(text).nodes
+    assert [(n.start_line, n.end_line) for n in nodes] == [(5, 5), (11, 12), (17, 23)]
+
+
+def test_only_empty_continuation_lines_warn():
+    text = (
+        "FROM alpine:3.6\n\nRUN valid \\\n    continuation\n\nRUN something \\\n\n    following \\\n\n    more\n\n"
+        "RUN another \\\n\n    thing\n\nRUN non-indented \\\n# this is a comment\n   after-comment\n\n"
+        "RUN indented \\\n    # this is an indented comment\n    comment\n"
+    )
+    warnings = parse(text).warnings
+    assert [w.message for w in warnings] == [
+        "Empty continuation line found in: RUN something     following     more",
+        "Empty continuation line found in: RUN another     thing",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("foo", ["foo"]),
+        ("foo bar", ["foo", "bar"]),
+        ("foo\\ bar", ["foo\\ bar"]),
+        ("foo=bar", ["foo=bar"]),
+        ("foo bar 'abc xyz'", ["foo", "bar", "'abc xyz'"]),
+        ('foo bar "abc xyz"', ["foo", "bar", '"abc xyz"']),
+        ("àöû", ["àöû"]),
+        ('föo bàr "âbc xÿz"', ["föo", "bàr", '"âbc xÿz"']),
+    ],
+)
+def test_arg_words_keep_quotes(text, words):
+    assert list(parse(f"FROM a\nARG {text}\n").nodes[1].args) == words
+
+
+def test_a_very_long_line_is_parsed():
+    # BuildKit stops at 64 KiB per line; nothing here needs that limit
+    label = "a" * 70_000
+    assert parse(f"FROM image\nLABEL test={label}\n").nodes[1].args == ("test", label, "=")
