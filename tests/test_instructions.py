@@ -10,7 +10,7 @@ import pytest
 
 from buildpy.grammar.ast import Heredoc
 from buildpy.grammar.errors import DockerfileError
-from buildpy.grammar.flags import Mount, parse_flags, parse_mount
+from buildpy.grammar.flags import Device, Mount, parse_chmod, parse_device, parse_flags, parse_mount
 from buildpy.grammar.instructions import (
     Add,
     Arg,
@@ -66,6 +66,17 @@ def test_from_image_only():
     assert (got.image, got.name, got.platform) == ("alpine:3.19", None, "")
     assert got.line == 1
     assert got.text == "FROM alpine:3.19"
+
+
+def test_every_instruction_knows_its_place():
+    text = "FROM a\n  RUN <<EOF\necho\nEOF\nENV A=1 \\\n    B=2\n"
+    nodes = parse(text).nodes
+    run = instruction_from_node(nodes[1], "ci/Dockerfile")
+    env = instruction_from_node(nodes[2])
+    assert (run.file, run.line, run.end_line, run.col) == ("ci/Dockerfile", 2, 4, 3)
+    assert (env.file, env.line, env.end_line, env.col) == ("Dockerfile", 5, 6, 1)
+    assert run.prepend_shell is True
+    assert instr('CMD ["a"]\n').prepend_shell is False
 
 
 def test_from_named_stage_lower_cased_with_platform():
@@ -170,7 +181,7 @@ def test_run_network_security_devices():
         "--device=name=/dev/kvm,required echo\n"
     )
     assert (got.network, got.security) == ("none", "insecure")
-    assert got.devices == ("/dev/fuse", "name=/dev/kvm,required")
+    assert got.devices == (Device("/dev/fuse"), Device("/dev/kvm", required=True))
     assert got.args == ("echo",)
 
 
@@ -386,6 +397,83 @@ def test_mount_bad_csv():
     assert (error.line, error.col) == (1, 13)
 
 
+def test_mount_empty_value_is_a_csv_error():
+    # Go's csv reader: nothing to read is io.EOF
+    assert_error("RUN --mount= true\n", "failed to parse csv mounts: EOF", 1, 13)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ('--mount=type=bind,\\"target=/x', 'failed to parse csv mounts: parse error on line 1, column 12: extraneous or missing " in quoted-field'),
+        ('--mount=target=/x\\"y', 'failed to parse csv mounts: parse error on line 1, column 10: bare " in non-quoted-field'),
+        ('--mount=\\"target=/x\\"y', 'failed to parse csv mounts: parse error on line 1, column 11: extraneous or missing " in quoted-field'),
+    ],
+)
+def test_mount_csv_errors_as_go_reports_them(flag, message):
+    assert_error(f"RUN {flag} true\n", message, 1, 13)
+
+
+def test_mount_csv_doubled_quote_is_one_quote():
+    (mount,) = mounts_of('RUN --mount=type=bind,\\"target=/a\\"\\"b\\" true\n')
+    assert mount.target == '/a"b'
+
+
+@pytest.mark.parametrize(
+    "size, expected",
+    [("1e3", 1000), ("1.5 kb", 1536), ("5.", 5), (".5k", 512), ("1B", 1), ("3KIB", 3072), ("1p", 1024**5), ("0", 0)],
+)
+def test_tmpfs_size_as_go_units_reads_it(size, expected):
+    # a space may stand before the unit once expanded (`size=$SIZE`), so read the value alone
+    assert parse_mount(f"type=tmpfs,target=/t,size={size}").size == expected
+
+
+@pytest.mark.parametrize("size", ["-1", "k", "1kbb", "1ib", "1x", "1 5k", "1e400", "0x10", "1_000"])
+def test_tmpfs_size_errors(size):
+    with pytest.raises(ValueError, match=f"^invalid value for size: {size}$"):
+        parse_mount(f"type=tmpfs,target=/t,size={size}")
+
+
+def test_tmpfs_size_error_at_the_mount():
+    assert_error("RUN --mount=type=tmpfs,target=/t,size=1kbb true\n", "invalid value for size: 1kbb", 1, 13)
+
+
+def test_mount_suggestions_are_case_sensitive_as_in_buildkit():
+    assert_error("RUN --mount=type=BND,target=/x true\n", 'unsupported mount type "BND"', 1, 13)
+    assert_error("RUN --mount=type=cache,target=/x,sharing=LOCKD true\n", 'unsupported sharing value "LOCKD"', 1, 13)
+
+
+# -- RUN --device ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, device",
+    [
+        ("/dev/fuse", Device("/dev/fuse")),
+        ("vendor.com/gpu=all", Device("vendor.com/gpu=all")),
+        ("vendor.com/gpu=all,required", Device("vendor.com/gpu=all", True)),
+        ("name=vendor.com/gpu=0,required=false", Device("vendor.com/gpu=0", False)),
+        ("required,name=x", Device("x", True)),
+    ],
+)
+def test_parse_device(spec, device):
+    assert parse_device(spec) == device
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("a,b", "invalid field 'b' must be a key=value pair"),
+        ("a,name=b", "device name already set to a"),
+        ("a,requird=true", "unexpected key 'requird' in 'requird=true' (did you mean required?)"),
+        ("a,required=maybe", "invalid value for required: maybe"),
+        ("", "failed to parse csv devices: EOF"),
+    ],
+)
+def test_device_errors_at_the_device_value(spec, message):
+    assert_error(f"RUN --network=none --device=x --device={spec} true\n", message, 1, 40)
+
+
 # -- SHELL ----------------------------------------------------------------------------------------
 
 
@@ -401,7 +489,7 @@ def test_shell_json():
         ("SHELL /bin/sh -c\n", "SHELL requires the arguments to be in JSON form", 1, 1),
         ("SHELL []\n", "SHELL requires at least one argument", 1, 1),
         ("SHELL\n", "SHELL requires at least one argument", 1, 1),
-        ('SHELL --x ["sh"]\n', "SHELL takes no flags, not --x", 1, 7),
+        ('SHELL --x ["sh"]\n', "unknown flag: --x (SHELL takes no flags)", 1, 7),
     ],
 )
 def test_shell_errors(text, message, line, col):
@@ -445,8 +533,8 @@ def test_label_pairs_and_legacy():
         ("LABEL\n", "LABEL requires at least one argument", 1, 1),
         ("ENV =x\n", "ENV names can not be blank", 1, 5),
         ("LABEL a=b =c\n", "LABEL names can not be blank", 1, 11),
-        ("ENV --x A=1\n", "ENV takes no flags, not --x", 1, 5),
-        ("LABEL --x=1 a=b\n", "LABEL takes no flags, not --x", 1, 7),
+        ("ENV --x A=1\n", "unknown flag: --x (ENV takes no flags)", 1, 5),
+        ("LABEL --x=1 a=b\n", "unknown flag: --x (LABEL takes no flags)", 1, 7),
     ],
 )
 def test_env_label_errors(text, message, line, col):
@@ -474,7 +562,7 @@ def test_arg_with_and_without_defaults_several_per_line():
         ("ARG\n", "ARG requires at least one argument", 1, 1),
         ("ARG =x\n", "ARG names can not be blank", 1, 5),
         ("ARG A=1 =x\n", "ARG names can not be blank", 1, 9),
-        ("ARG --x A\n", "ARG takes no flags, not --x", 1, 5),
+        ("ARG --x A\n", "unknown flag: --x (ARG takes no flags)", 1, 5),
     ],
 )
 def test_arg_errors(text, message, line, col):
@@ -508,7 +596,7 @@ def test_volume_json_paths_are_trimmed():
         ("EXPOSE\n", "EXPOSE requires at least one argument", 1, 1),
         ("VOLUME\n", "VOLUME requires at least one argument", 1, 1),
         ('VOLUME ["/a", " "]\n', "VOLUME specified can not be an empty string", 1, 1),
-        ("EXPOSE --p=1 80\n", "EXPOSE takes no flags, not --p", 1, 8),
+        ("EXPOSE --p=1 80\n", "unknown flag: --p (EXPOSE takes no flags)", 1, 8),
     ],
 )
 def test_expose_volume_errors(text, message, line, col):
@@ -537,12 +625,12 @@ def test_exactly_one_argument(keyword):
 @pytest.mark.parametrize(
     "text, message, line, col",
     [
-        ("WORKDIR --x=1 /a\n", "WORKDIR takes no flags, not --x", 1, 9),
-        ("USER --chown=1 app\n", "USER takes no flags, not --chown", 1, 6),
-        ("STOPSIGNAL --s SIGTERM\n", "STOPSIGNAL takes no flags, not --s", 1, 12),
-        ("MAINTAINER --boo joe@example.com\n", "MAINTAINER takes no flags, not --boo", 1, 12),
-        ("CMD --x echo\n", "CMD takes no flags, not --x", 1, 5),
-        ("ENTRYPOINT --x=1 top\n", "ENTRYPOINT takes no flags, not --x", 1, 12),
+        ("WORKDIR --x=1 /a\n", "unknown flag: --x (WORKDIR takes no flags)", 1, 9),
+        ("USER --chown=1 app\n", "unknown flag: --chown (USER takes no flags)", 1, 6),
+        ("STOPSIGNAL --s SIGTERM\n", "unknown flag: --s (STOPSIGNAL takes no flags)", 1, 12),
+        ("MAINTAINER --boo joe@example.com\n", "unknown flag: --boo (MAINTAINER takes no flags)", 1, 12),
+        ("CMD --x echo\n", "unknown flag: --x (CMD takes no flags)", 1, 5),
+        ("ENTRYPOINT --x=1 top\n", "unknown flag: --x (ENTRYPOINT takes no flags)", 1, 12),
     ],
 )
 def test_flags_on_instructions_that_take_none(text, message, line, col):
@@ -599,11 +687,11 @@ def test_healthcheck_one_millisecond_is_the_minimum():
         ("HEALTHCHECK FOO x\n", 'Unknown type "FOO" in HEALTHCHECK (try CMD)', 1, 13),
         ("HEALTHCHECK --interval=5s foo x\n", 'Unknown type "FOO" in HEALTHCHECK (try CMD)', 1, 27),
         ("HEALTHCHECK NONE x\n", "HEALTHCHECK NONE takes no arguments", 1, 1),
-        ("HEALTHCHECK --interval=5s NONE\n", "HEALTHCHECK NONE takes no flags, not --interval", 1, 13),
+        ("HEALTHCHECK --interval=5s NONE\n", "unknown flag: --interval (HEALTHCHECK NONE takes no flags)", 1, 13),
         ("HEALTHCHECK CMD\n", "Missing command after HEALTHCHECK CMD", 1, 1),
         ("HEALTHCHECK --interval=50ns CMD x\n", 'Interval "interval" cannot be less than 1ms', 1, 13),
         ("HEALTHCHECK --timeout=999us CMD x\n", 'Interval "timeout" cannot be less than 1ms', 1, 13),
-        ("HEALTHCHECK --start-period=-1s CMD x\n", 'Interval "start-period" cannot be negative', 1, 13),
+        ("HEALTHCHECK --start-period=-1s CMD x\n", 'Interval "start-period" cannot be less than 1ms', 1, 13),
         ("HEALTHCHECK --timeout=abc CMD x\n", 'time: invalid duration "abc"', 1, 13),
         ("HEALTHCHECK --start-interval=10 CMD x\n", 'time: missing unit in duration "10"', 1, 13),
         ("HEALTHCHECK --interval=5x CMD x\n", 'time: unknown unit "x" in duration "5x"', 1, 13),
@@ -692,6 +780,14 @@ def test_onbuild_expression_without_the_keyword():
     assert isinstance(got, OnBuild)
     assert got.expression == "RUN echo hi"
     assert instr("onbuild   copy --chown=1 a b\n").expression == "copy --chown=1 a b"
+
+
+def test_onbuild_keeps_its_trigger_typed_in_its_file():
+    node = parse("FROM a\n  ONBUILD RUN --network=none make\n").nodes[1]
+    got = instruction_from_node(node, "sub/Dockerfile")
+    assert isinstance(got.trigger, Run)
+    assert (got.trigger.network, got.trigger.args) == ("none", ("make",))
+    assert (got.file, got.trigger.file) == ("sub/Dockerfile", "sub/Dockerfile")
 
 
 def test_onbuild_expression_with_heredoc():
@@ -824,6 +920,55 @@ def test_copy_add_errors(text, message, line, col):
     assert_error(text, message, line, col)
 
 
+def test_argument_count_is_checked_before_flags_as_in_buildkit():
+    message = "COPY requires at least two arguments, but only one was provided. Destination could not be determined"
+    assert_error("COPY --nope a\n", message, 1, 1)
+    assert_error("USER --nope\n", "USER requires exactly one argument", 1, 1)
+    assert_error("EXPOSE --nope\n", "EXPOSE requires at least one argument", 1, 1)
+
+
+@pytest.mark.parametrize("chmod", ["755", "0644", "7777", "0", "u+x", "u+x,go-w", "a=rwX", "g=u", "+t", "=", "u+x-w"])
+def test_chmod_literal_values_accepted(chmod):
+    assert instr(f"COPY --chmod={chmod} a b\n").chmod == chmod
+    assert instr(f"ADD --chmod={chmod} a b\n").chmod == chmod
+
+
+def test_chmod_with_a_variable_or_quotes_waits_for_expansion():
+    assert instr("COPY --chmod=$MODE a b\n").chmod == "$MODE"
+    assert instr("COPY --chmod=${MODE:-9999} a b\n").chmod == "${MODE:-9999}"
+
+
+@pytest.mark.parametrize(
+    "text, message, line, col",
+    [
+        ("COPY --chmod=64a a b\n", "invalid chmod parameter: '64a'. it should be octal string and between 0 and 07777", 1, 6),
+        ("COPY --chmod=10000 a b\n", "invalid chmod parameter: '10000'. it should be octal string and between 0 and 07777", 1, 6),
+        ("ADD --link --chmod=0o755 a b\n", "invalid chmod parameter: '0o755'. it should be octal string and between 0 and 07777", 1, 12),
+        ("COPY --chmod=u+q a b\n", "invalid chmod parameter: 'u+q': invalid syntax", 1, 6),
+        ("COPY --chmod=rwx a b\n", "invalid chmod parameter: 'rwx': invalid syntax", 1, 6),
+        ("COPY --chmod=u+x, a b\n", "invalid chmod parameter: 'u+x,': invalid syntax", 1, 6),
+        ("ADD --checksum=sha256:abc a b /dst/\n", "checksum can't be specified for multiple sources", 1, 5),
+        ("ADD --checksum=sha256:abc <<EOF /dst\nx\nEOF\n", "checksum can't be specified for multiple sources", 1, 5),
+    ],
+)
+def test_chmod_and_checksum_errors(text, message, line, col):
+    assert_error(text, message, line, col)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("755", 0o755), ("0000644", 0o644), ("7777", 0o7777), ("u+x", "u+x"), ("go-rwx,u=rw", "go-rwx,u=rw")],
+)
+def test_parse_chmod(text, expected):
+    assert parse_chmod(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "8", "9" * 40, "a", "u", "u+x,", "-7", "u+x y", "\u0663"])
+def test_parse_chmod_errors(text):
+    with pytest.raises(ValueError, match="^invalid chmod parameter: "):
+        parse_chmod(text)
+
+
 def test_copy_alone_on_its_line_has_no_arguments():
     # BuildKit's copyEmptyWhitespace: the next lines are an instruction of their own
     text = "COPY\t\n\t\tquux \\\n      bar\n"
@@ -847,6 +992,17 @@ def test_copy_alone_on_its_line_has_no_arguments():
 )
 def test_unknown_instruction(text, message, line, col):
     assert_error(text, message, line, col)
+
+
+def test_errors_name_the_file_given():
+    node = parse("FROM a\nRUN --network=hots true\n").nodes[1]
+    with pytest.raises(DockerfileError) as info:
+        instruction_from_node(node, "ci/Dockerfile.test")
+    assert str(info.value) == 'ci/Dockerfile.test:2:5: invalid network mode "hots" (did you mean host?)'
+    onbuild = parse("ONBUILD RUN --network=hots true\n").nodes[0]
+    with pytest.raises(DockerfileError) as info:
+        instruction_from_node(onbuild, "x")
+    assert (info.value.file, info.value.line) == ("x", 1)
 
 
 def test_error_str_names_file_line_and_column():

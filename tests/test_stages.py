@@ -12,6 +12,7 @@ import pytest
 from buildpy.grammar.errors import DockerfileError
 from buildpy.grammar.instructions import Arg, ArgDef, Copy, Run
 from buildpy.grammar.parser import parse
+from buildpy.grammar.shell import expand_word
 from buildpy.grammar.stages import describe_stages, is_image_reference, stages_from
 
 
@@ -82,7 +83,7 @@ def test_stages_names_lower_cased_and_indexed():
     df = dockerfile("FROM alpine AS Builder\nRUN a\nRUN b\nFROM debian\nFROM scratch as OUT\n")
     assert [(s.index, s.name, s.base, s.label) for s in df.stages] == [
         (0, "builder", "alpine", "builder"),
-        (1, None, "debian", "1"),
+        (1, None, "debian", "stage-1"),
         (2, "out", "scratch", "out"),
     ]
     assert [len(s.instructions) for s in df.stages] == [2, 0, 0]
@@ -126,8 +127,102 @@ def test_from_its_own_name_is_an_image():
 
 def test_from_looks_a_stage_up_by_the_name_as_written():
     # BuildKit keys stages by their lower-cased name and looks FROM's word up as it stands
-    df = dockerfile("FROM alpine AS Base\nFROM base\nFROM BASE\n")
-    assert [s.base_stage for s in df.stages] == [None, 0, None]
+    df = dockerfile("FROM alpine AS Base\nFROM base\n")
+    assert [s.base_stage for s in df.stages] == [None, 0]
+    # so `FROM BASE` is an image, and no valid one
+    assert_error(
+        "FROM alpine AS Base\nFROM base\nFROM --platform=linux/amd64 BASE\n",
+        "FROM BASE names no earlier stage and is not a valid image reference (did you mean base?)",
+        3,
+        29,
+    )
+
+
+@pytest.mark.parametrize(
+    "text, message, line, col",
+    [
+        ("FROM Alpine\n", "FROM Alpine names no earlier stage and is not a valid image reference", 1, 6),
+        ("FROM alpine AS build\nFROM buidl-\n", "FROM buidl- names no earlier stage and is not a valid image reference (did you mean build?)", 2, 6),
+        ("FROM a\nFROM a:b:c AS x\n", "FROM a:b:c names no earlier stage and is not a valid image reference", 2, 6),
+        ("FROM " + "a" * 64 + "\n", "FROM " + "a" * 64 + " names no earlier stage and is not a valid image reference", 1, 6),
+    ],
+)
+def test_from_an_invalid_image_reference(text, message, line, col):
+    assert_error(text, message, line, col)
+
+
+def test_stage_lines():
+    df = dockerfile("ARG X\nFROM a AS one\nRUN <<EOF\ntrue\nEOF\n\nFROM b\n")
+    assert [(s.line, s.end_line) for s in df.stages] == [(2, 5), (7, 7)]
+
+
+# -- FROM words with variables: kept for the planner ----------------------------------------------------
+
+
+VARIABLE_BASES = """\
+ARG BASE=builder
+ARG IMAGE=alpine:3.19
+FROM $IMAGE AS builder
+FROM ${BASE} AS app
+FROM "debian" AS quoted
+"""
+
+
+def test_from_with_variables_is_kept_as_written_and_marked():
+    df = dockerfile(VARIABLE_BASES)
+    assert [(s.base, s.expanded_base, s.needs_expansion, s.base_stage) for s in df.stages] == [
+        ("$IMAGE", None, True, None),
+        ("${BASE}", None, True, None),
+        ('"debian"', None, True, None),  # quotes are the expansion's to remove
+    ]
+    plain = dockerfile("FROM alpine\n").stages[0]
+    assert (plain.expanded_base, plain.needs_expansion) == ("alpine", False)
+
+
+def test_describe_stages_marks_unexpanded_bases():
+    listing = describe_stages(dockerfile("ARG B=base\nFROM alpine AS base\nFROM $B AS app\n"))
+    assert "stage 1 app: FROM $B (unexpanded) (line 3, 0 instructions); needs -\n" in listing
+
+
+def test_with_bases_expanded_links_an_expanded_stage_name():
+    df = dockerfile(VARIABLE_BASES).with_bases_expanded(
+        lambda word: expand_word(word, {"BASE": "builder", "IMAGE": "alpine:3.19"})
+    )
+    assert [(s.base, s.expanded_base, s.base_stage, s.depends_on) for s in df.stages] == [
+        ("$IMAGE", "alpine:3.19", None, ()),
+        ("${BASE}", "builder", 0, (0,)),
+        ('"debian"', "debian", None, ()),
+    ]
+    assert [s.label for s in df.stages_needed("app")] == ["builder", "app"]
+    assert not any(s.needs_expansion for s in df.stages)
+
+
+def test_with_bases_expanded_errors():
+    df = dockerfile(VARIABLE_BASES, file="x/Dockerfile")
+    with pytest.raises(DockerfileError) as info:
+        df.with_bases_expanded(lambda word: expand_word(word, {}))
+    assert (info.value.message, info.value.file, info.value.line, info.value.col) == (
+        "base name ($IMAGE) should not be blank",
+        "x/Dockerfile",
+        3,
+        1,
+    )
+    with pytest.raises(DockerfileError) as info:
+        df.with_bases_expanded(lambda word: expand_word(word, {"IMAGE": "Alpine", "BASE": "builder"}))
+    assert (info.value.message, info.value.line, info.value.col) == (
+        "FROM $IMAGE (expanded: Alpine) names no earlier stage and is not a valid image reference",
+        3,
+        6,
+    )
+
+
+def test_an_expanded_base_may_close_a_cycle():
+    df = dockerfile("ARG B\nFROM a AS one\nCOPY --from=two a b\nFROM $B AS two\n")
+    assert df.stages[1].depends_on == ()
+    with pytest.raises(DockerfileError) as info:
+        df.with_bases_expanded(lambda word: word.replace("$B", "one"))
+    assert info.value.message == "circular dependency detected on stage: one (one -> two -> one)"
+    assert (info.value.line, info.value.col) == (4, 1)  # the FROM that closes it
 
 
 # -- COPY --from ------------------------------------------------------------------------------------------
@@ -150,20 +245,37 @@ def test_copy_from_an_image():
 
 def test_copy_from_a_later_stage_is_an_error_as_in_buildkit():
     # BuildKit builds stages in file order: a stage defined later is not there to copy from
+    df = dockerfile("FROM a AS first\nCOPY --from=second x y\nFROM b AS second\nFROM c AS last\n", "d/Dockerfile")
     with pytest.raises(DockerfileError) as info:
-        dockerfile("FROM a AS first\nCOPY --from=second x y\nFROM b AS second\n")
+        df.stages_needed("first")
     assert info.value.message == (
         'cannot copy from stage "second", it needs to be defined before current stage "first" '
         "(it is defined on line 3)"
+    )
+    assert (info.value.file, info.value.line, info.value.col) == ("d/Dockerfile", 2, 13)
+    # ... but only when that stage is built, as in BuildKit
+    assert [s.label for s in df.stages_needed()] == ["last"]
+    assert [s.label for s in df.stages_needed("second")] == ["second"]
+
+
+def test_copy_from_a_later_stage_by_an_unnamed_stage():
+    df = dockerfile("FROM a\nCOPY --from=2 x y\nFROM b\nFROM c\nFROM d\nCOPY --from=0 x y\n")
+    with pytest.raises(DockerfileError) as info:
+        df.stages_needed()
+    assert info.value.message == (
+        'cannot copy from stage "2", it needs to be defined before current stage "stage-0" '
+        "(it is defined on line 4)"
     )
     assert (info.value.line, info.value.col) == (2, 13)
 
 
 def test_mount_from_a_later_stage_is_an_error_as_in_buildkit():
+    text = "FROM a\nRUN --mount=from=later,target=/x true\nFROM b AS later\nFROM c\n"
+    assert len(dockerfile(text).stages_needed()) == 1  # stage 0 is not built
     with pytest.raises(DockerfileError) as info:
-        dockerfile("FROM a\nRUN --mount=from=later,target=/x true\nFROM b AS later\n")
+        dockerfile(text + "COPY --from=0 a b\n").stages_needed()
     assert info.value.message == (
-        'cannot mount from stage "later", stage needs to be defined before current command '
+        'cannot mount from stage "later" to "/x", stage needs to be defined before current command '
         "(it is defined on line 3)"
     )
     assert (info.value.line, info.value.col) == (2, 18)
@@ -186,7 +298,7 @@ def test_a_mistyped_stage_name_that_is_a_valid_reference_is_an_image():
         ("FROM a\nFROM b\nCOPY --from=2 a b\n", "invalid stage index 2: stages are numbered 0 to 1", 3, 13),
         ("FROM a AS s\nCOPY --from=s a b\n", 'stage "s" cannot read from itself', 2, 13),
         ("FROM a AS s\nCOPY --from=S a b\n", 'stage "s" cannot read from itself', 2, 13),
-        ("FROM a\nFROM b\nCOPY --from=1 a b\n", 'stage "1" cannot read from itself', 3, 13),
+        ("FROM a\nFROM b\nCOPY --from=1 a b\n", 'stage "stage-1" cannot read from itself', 3, 13),
         (
             "FROM a\nCOPY --from=$X a b\n",
             "variable expansion is not supported for --from, define a new stage with FROM using ARG "
@@ -222,6 +334,8 @@ def test_a_mistyped_stage_name_that_is_a_valid_reference_is_an_image():
             3,
             13,
         ),
+        # a `$` at the end is no variable (as BuildKit's lexer reads it), and no image either
+        ("FROM a\nCOPY --from=a$ a b\n", "--from=a$ names no stage and is not a valid image reference", 2, 13),
         # the place is the --from value, not an earlier word that reads the same
         ("FROM a AS s\nCOPY --chown=s --from=s a b\n", 'stage "s" cannot read from itself', 2, 23),
     ],
@@ -330,7 +444,7 @@ def test_cycle_through_from_and_copy():
 def test_cycle_place_is_the_instruction_that_reads_the_stage():
     # a mount's from=0 is an image, not stage 0: the cycle closes at the COPY
     text = "FROM a AS s0\nCOPY --from=1 a b\nFROM b\nRUN --mount=from=0,target=/m true\nCOPY --from=0 a b\n"
-    assert_error(text, "circular dependency detected on stage: s0 (s0 -> 1 -> s0)", 5, 13)
+    assert_error(text, "circular dependency detected on stage: s0 (s0 -> stage-1 -> s0)", 5, 13)
     # an index written with a leading zero still names its stage
     text = "FROM a AS s0\nCOPY --from=s1 a b\nFROM b AS s1\nRUN echo\nCOPY --from=00 a b\n"
     assert_error(text, "circular dependency detected on stage: s0 (s0 -> s1 -> s0)", 5, 13)
@@ -435,6 +549,8 @@ def test_unknown_target(target, message):
         "app:tag@sha256:" + "0123456789abcdef" * 4,
         "app:" + "t" * 128,
         "0",
+        "a" * 255 + ":" + "t" * 128,  # the name is limited to 255, not the whole
+        "a" * 63,
     ],
 )
 def test_is_image_reference(ref):
@@ -461,6 +577,8 @@ def test_is_image_reference(ref):
         "a b",
         "a/" * 127 + "a" + "/bb",
         "\u00b2",
+        "a" * 256,
+        "0123456789abcdef" * 4,  # an image ID, not a name
     ],
 )
 def test_is_not_image_reference(ref):
@@ -473,7 +591,7 @@ def test_is_not_image_reference(ref):
 def test_describe_stages():
     assert describe_stages(dockerfile(DIAMOND)) == (
         "global args: ALPINE\n"
-        "stage 0 base: FROM alpine:${ALPINE} (line 2, 1 instruction); needs -\n"
+        "stage 0 base: FROM alpine:${ALPINE} (unexpanded) (line 2, 1 instruction); needs -\n"
         "stage 1 left: FROM stage 0 (line 4, 1 instruction); needs base\n"
         "stage 2 right: FROM stage 0 (line 6, 1 instruction); needs base; images busybox:1\n"
         "stage 3 unused: FROM scratch (line 8, 0 instructions); needs -\n"
@@ -486,6 +604,6 @@ def test_describe_stages_for_a_target_and_unnamed_stages():
     df = dockerfile("FROM alpine\nRUN true\nFROM debian AS app\nCOPY --from=0 a b\n")
     assert describe_stages(df, "app") == (
         "stage 0 (unnamed): FROM alpine (line 1, 1 instruction); needs -\n"
-        "stage 1 app: FROM debian (line 3, 1 instruction); needs 0\n"
-        "build order for app: 0 -> app\n"
+        "stage 1 app: FROM debian (line 3, 1 instruction); needs stage-0\n"
+        "build order for app: stage-0 -> app\n"
     )

@@ -82,11 +82,12 @@ def parse_flags(node: Node, flags: tuple[str, ...], spec: dict[str, str]) -> dic
         name = flag[2:]
         kind = spec.get(name)
         if kind is None:
-            if not spec:
-                message = f"{node.keyword.upper()} takes no flags, not {flag}"
+            # BuildKit's wording, so its users recognise it; the hint says why for flagless ones
+            if spec:
+                hint = did_you_mean(name, spec, case_sensitive=True)
             else:
-                message = f"unknown flag: {flag}{did_you_mean(name, spec, case_sensitive=True)}"
-            raise error(message)
+                hint = f" ({node.keyword.upper()} takes no flags)"
+            raise error(f"unknown flag: {flag}{hint}")
         if name in values and kind != STRINGS:
             raise error(f"duplicate flag specified: {flag}")
         if kind == BOOL:
@@ -174,7 +175,8 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
         if key == "type":
             kind = value.lower()
             if kind not in MOUNT_TYPES:
-                raise ValueError(f"unsupported mount type {_q(value)}{did_you_mean(value, MOUNT_TYPES)}")
+                hint = did_you_mean(value, MOUNT_TYPES, case_sensitive=True)
+                raise ValueError(f"unsupported mount type {_q(value)}{hint}")
             values["type"] = kind
         elif key == "from":
             values["from_"] = value
@@ -199,14 +201,16 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
         elif key == "sharing":
             mode = value.lower()
             if mode not in SHARING_MODES:
-                raise ValueError(f"unsupported sharing value {_q(value)}{did_you_mean(value, SHARING_MODES)}")
+                hint = did_you_mean(value, SHARING_MODES, case_sensitive=True)
+                raise ValueError(f"unsupported sharing value {_q(value)}{hint}")
             values["sharing"] = mode
         elif key in ("mode", "uid", "gid"):
             values[key] = _parse_uint(key, value, 8 if key == "mode" else 10)
         elif key == "env":
             values["env"] = value
         else:
-            raise ValueError(f"unexpected key '{key}' in '{field}'{did_you_mean(key, _MOUNT_KEYS)}")
+            hint = did_you_mean(key, _MOUNT_KEYS, case_sensitive=True)
+            raise ValueError(f"unexpected key '{key}' in '{field}'{hint}")
     if not type_known:
         return Mount(**values)  # type: ignore[arg-type]
     kind = values["type"]
@@ -252,27 +256,89 @@ def _parse_uint(key: str, value: str, base: int) -> int:
     return int(value, base)
 
 
-_RAM = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtpKMGTP]?)(?:[iI]?[bB])?$")
+_GO_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def _parse_ram_bytes(key: str, value: str) -> int:
-    """docker/go-units RAMInBytes: binary multiples, `64m` = 64 MiB."""
-    m = _RAM.match(value)
-    if m is None:
-        raise ValueError(f"invalid value for {key}: {value}")
-    power = " kmgtp".index(m.group(2).lower() or " ")
-    return int(float(m.group(1)) * 1024**power)
+    """docker/go-units RAMInBytes: binary multiples (`64m` = 64 MiB), its algorithm step by step.
+
+    The number ends at the last digit, dot or space; a suffix is b, or k/m/g/t/p with an
+    optional b or ib. Go's ParseFloat reads the number (hex floats aside).
+    """
+    invalid = ValueError(f"invalid value for {key}: {value}")
+    sep = max(value.rfind(ch) for ch in "0123456789. ")
+    if sep < 0:
+        raise invalid
+    if value[sep] == " ":
+        number, suffix = value[:sep], value[sep + 1 :]
+    else:
+        number, suffix = value[: sep + 1], value[sep + 1 :]
+    if not _GO_FLOAT.fullmatch(number):
+        raise invalid
+    size = float(number)
+    if size < 0 or size == float("inf"):  # Go: negative refused; out of range is an error
+        raise invalid
+    suffix = suffix.lower()
+    if not suffix or suffix == "b":
+        return int(size)
+    power = "_kmgtp".find(suffix[0])
+    if len(suffix) > 3 or power < 1 or suffix[1:] not in ("", "b", "ib"):
+        raise invalid
+    return int(size * 1024**power)
 
 
-def _csv_fields(text: str) -> list[str]:
-    """The comma-separated fields of a mount spec; a field may be double-quoted (Go's csv)."""
-    import csv
+def _csv_fields(text: str, what: str = "mounts") -> list[str]:
+    """The comma-separated fields of a flag value, as BuildKit's csvvalue.Fields reads them.
 
-    try:
-        rows = list(csv.reader([text], strict=True))
-    except csv.Error as e:
-        raise ValueError(f"failed to parse csv mounts: {e}") from None
-    return rows[0] if rows else []
+    A field may be double-quoted (`""` inside is one quote); a quote anywhere else, or an
+    unclosed one, is an error, and so is an empty value (Go's io.EOF).
+    """
+    if text.endswith("\r\n"):
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text:
+        raise ValueError(f"failed to parse csv {what}: EOF")
+    fields: list[str] = []
+    pos = 0
+    while True:
+        if not text.startswith('"', pos):
+            end = text.find(",", pos)
+            field = text[pos:] if end < 0 else text[pos:end]
+            if '"' in field:
+                column = pos + field.index('"')
+                raise _csv_error(what, text, column, 'bare " in non-quoted-field')
+            fields.append(field)
+            if end < 0:
+                return fields
+            pos = end + 1
+            continue
+        pos += 1
+        field = ""
+        while True:
+            close = text.find('"', pos)
+            if close < 0:
+                raise _csv_error(what, text, pos, 'extraneous or missing " in quoted-field')
+            field += text[pos:close]
+            pos = close + 1
+            if text.startswith('"', pos):  # a doubled quote stands for one
+                field += '"'
+                pos += 1
+                continue
+            if pos == len(text):
+                fields.append(field)
+                return fields
+            if text[pos] == ",":
+                fields.append(field)
+                pos += 1
+                break
+            raise _csv_error(what, text, close, 'extraneous or missing " in quoted-field')
+
+
+def _csv_error(what: str, text: str, index: int, problem: str) -> ValueError:
+    # Go's csv.ParseError counts columns in bytes, from 1
+    column = len(text[:index].encode("utf-8", "surrogatepass")) + 1
+    return ValueError(f"failed to parse csv {what}: parse error on line 1, column {column}: {problem}")
 
 
 def _q(s: str) -> str:
@@ -283,3 +349,73 @@ def _q(s: str) -> str:
 
 NETWORK_MODES = ("default", "none", "host")
 SECURITY_MODES = ("sandbox", "insecure")
+
+
+# -- RUN --device -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One `RUN --device=…`: a CDI device name (`vendor.com/class=name`), and whether it must exist."""
+
+    name: str
+    required: bool = False
+
+
+def parse_device(text: str) -> Device:
+    """A `--device` value as BuildKit's ParseDevice reads it; ValueError with its message.
+
+    The first field without a known key is the name, so `vendor.com/gpu=all` is a name.
+    """
+    name, required = "", False
+    for field in _csv_fields(text, "devices"):
+        key, has_value, value = field.partition("=")
+        key = key.lower()
+        if not has_value:
+            if key == "required":
+                required = True
+            elif not name:
+                name = field
+            else:
+                raise ValueError(f"invalid field '{field}' must be a key=value pair")
+        elif key == "name":
+            if name:
+                raise ValueError(f"device name already set to {name}")
+            name = value
+        elif key == "required":
+            required = _parse_bool(key, value)
+        elif not name:
+            name = field
+        else:
+            raise ValueError(
+                f"unexpected key '{key}' in '{field}'{did_you_mean(key, ('name', 'required'), case_sensitive=True)}"
+            )
+    return Device(name, required)
+
+
+# -- COPY/ADD --chmod ---------------------------------------------------------------------------
+
+_SYMBOLIC_CLAUSE = r"[ugoa]*(?:[-+=][rstwXxugo]*)+"
+_SYMBOLIC_MODE = re.compile(rf"{_SYMBOLIC_CLAUSE}(?:,{_SYMBOLIC_CLAUSE})*")
+
+
+def parse_chmod(text: str) -> int | str:
+    """A `--chmod` value: an octal mode (an int, at most 0o7777) or a symbolic one (`u+x,go-w`).
+
+    BuildKit reads it so when it converts COPY/ADD (after expansion); ValueError with its
+    message. The symbolic grammar is BSD setmode's, which BuildKit uses.
+    """
+    if text and all(ch in "01234567" for ch in text) and int(text, 8) < 1 << 32:
+        mode = int(text, 8)
+        if mode <= 0o7777:
+            return mode
+        raise ValueError(_not_octal(text))
+    if text[:1].isdigit() and text[:1].isascii():
+        raise ValueError(_not_octal(text))  # it looks numeric: BuildKit's message for numbers
+    if not _SYMBOLIC_MODE.fullmatch(text):
+        raise ValueError(f"invalid chmod parameter: '{text}': invalid syntax")
+    return text
+
+
+def _not_octal(text: str) -> str:
+    return f"invalid chmod parameter: '{text}'. it should be octal string and between 0 and 07777"

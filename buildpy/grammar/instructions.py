@@ -8,7 +8,7 @@ the ARG and ENV in scope, in expand.py. Every mistake raises DockerfileError at 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from buildpy.grammar.ast import Heredoc, Node, go_quote
 from buildpy.grammar.errors import DockerfileError
@@ -18,11 +18,15 @@ from buildpy.grammar.flags import (
     SECURITY_MODES,
     STRING,
     STRINGS,
+    Device,
+    FlagValue,
     Mount,
     error_at,
     error_at_offset,
     flag_offset,
     flags_end,
+    parse_chmod,
+    parse_device,
     parse_flags,
     parse_mount,
 )
@@ -32,11 +36,25 @@ from buildpy.grammar.suggest import did_you_mean
 
 @dataclass(frozen=True, slots=True)
 class Instruction:
+    """What every instruction has: the parser node it came from and the file it is in."""
+
     node: Node = field(repr=False, compare=False)
+    file: str = field(default="Dockerfile", repr=False, compare=False, kw_only=True)
 
     @property
     def line(self) -> int:
+        """The first line of the instruction (1-based)."""
         return self.node.start_line
+
+    @property
+    def end_line(self) -> int:
+        """The last line, continuations and heredoc bodies included."""
+        return self.node.end_line
+
+    @property
+    def col(self) -> int:
+        """The column of its keyword."""
+        return self.node.col
 
     @property
     def text(self) -> str:
@@ -58,6 +76,11 @@ class Command(Instruction):
     args: tuple[str, ...] = ()
     shell: bool = True  # shell form: args is (command string,) to run with the stage's SHELL
 
+    @property
+    def prepend_shell(self) -> bool:
+        """BuildKit's name for `shell`: the stage's SHELL runs the command string."""
+        return self.shell
+
 
 @dataclass(frozen=True, slots=True)
 class Run(Command):
@@ -66,7 +89,7 @@ class Run(Command):
     mount_specs: tuple[str, ...] = ()  # as written, read again once expanded
     network: str = "default"
     security: str = "sandbox"
-    devices: tuple[str, ...] = ()
+    devices: tuple[Device, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +175,7 @@ class Healthcheck(Instruction):
 @dataclass(frozen=True, slots=True)
 class OnBuild(Instruction):
     expression: str = ""  # the trigger as the image config stores it
+    trigger: Instruction | None = field(default=None, repr=False, compare=False)  # typed, for checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,19 +217,25 @@ INSTRUCTION_NAMES = (
 )
 
 
-def instruction_from_node(node: Node) -> Instruction:
-    """The typed instruction of a parser node; DockerfileError (file left to the caller)."""
-    build = _BUILDERS.get(node.command)
-    if build is None:
-        raise DockerfileError(
-            f"unknown instruction: {node.keyword}{did_you_mean(node.keyword, INSTRUCTION_NAMES)}",
-            line=node.start_line,
-            col=node.col,
-        )
+def instruction_from_node(node: Node, file: str = "Dockerfile") -> Instruction:
+    """The typed instruction of a parser node; a mistake raises DockerfileError naming `file`."""
     try:
-        return build(node)
+        build = _BUILDERS.get(node.command)
+        if build is None:
+            raise _error(node, f"unknown instruction: {node.keyword}{did_you_mean(node.keyword, INSTRUCTION_NAMES)}")
+        instruction = build(node)
     except DockerfileError as e:
-        raise e.located(line=node.start_line, col=node.col) from None
+        raise e.located(file=file, line=node.start_line, col=node.col) from None
+    return _in_file(instruction, file)
+
+
+def _in_file(instruction: Instruction, file: str) -> Instruction:
+    """The instruction (and an ONBUILD's trigger) marked as from `file`."""
+    if instruction.file == file:
+        return instruction
+    if isinstance(instruction, OnBuild) and instruction.trigger is not None:
+        return replace(instruction, file=file, trigger=_in_file(instruction.trigger, file))
+    return replace(instruction, file=file)
 
 
 def _error(node: Node, message: str) -> DockerfileError:
@@ -285,8 +315,19 @@ def _run(node: Node) -> Run:
         mount_specs=specs,
         network=network,
         security=security,
-        devices=flags.get("device", ()),  # type: ignore[arg-type]
+        devices=_devices(node, flags.get("device", ())),  # type: ignore[arg-type]
     )
+
+
+def _devices(node: Node, specs: tuple[str, ...]) -> tuple[Device, ...]:
+    devices = []
+    for spec, index in zip(specs, _flag_indexes(node, "--device")):
+        try:
+            devices.append(parse_device(spec))
+        except ValueError as e:
+            offset = flag_offset(node, node.flags, index)
+            raise error_at_offset(node, offset + len("--device=") if offset >= 0 else -1, str(e)) from None
+    return tuple(devices)
 
 
 def _flag_indexes(node: Node, name: str) -> list[int]:
@@ -370,8 +411,8 @@ def _key_values(kind: type[Env] | type[Label]):
 
 
 def _arg(node: Node) -> Arg:
-    _no_flags(node)
     _at_least_one(node)
+    _no_flags(node)
     defs = []
     for word in node.args:
         name, has_value, value = word.partition("=")
@@ -382,14 +423,14 @@ def _arg(node: Node) -> Arg:
 
 
 def _expose(node: Node) -> Expose:
-    _no_flags(node)
     _at_least_one(node)
+    _no_flags(node)
     return Expose(node, ports=tuple(sorted(node.args)))
 
 
 def _volume(node: Node) -> Volume:
-    _no_flags(node)
     _at_least_one(node)
+    _no_flags(node)
     paths = []
     for path in node.args:
         path = path.strip()
@@ -400,23 +441,27 @@ def _volume(node: Node) -> Volume:
 
 
 def _user(node: Node) -> User:
+    value = _exactly_one(node)
     _no_flags(node)
-    return User(node, user=_exactly_one(node))
+    return User(node, user=value)
 
 
 def _workdir(node: Node) -> Workdir:
+    value = _exactly_one(node)
     _no_flags(node)
-    return Workdir(node, path=_exactly_one(node))
+    return Workdir(node, path=value)
 
 
 def _maintainer(node: Node) -> Maintainer:
+    value = _exactly_one(node)
     _no_flags(node)
-    return Maintainer(node, maintainer=_exactly_one(node))
+    return Maintainer(node, maintainer=value)
 
 
 def _stopsignal(node: Node) -> StopSignal:
+    value = _exactly_one(node)
     _no_flags(node)
-    return StopSignal(node, signal=_exactly_one(node))
+    return StopSignal(node, signal=value)
 
 
 _HEALTH_DURATIONS = ("interval", "timeout", "start-period", "start-interval")
@@ -430,7 +475,7 @@ def _healthcheck(node: Node) -> Healthcheck:
         given = node.flags[: node.flags.index("--")] if "--" in node.flags else node.flags
         if given:  # the options are CMD's: "HEALTHCHECK takes no flags" would mislead
             flag = given[0].partition("=")[0]
-            raise error_at(node, flag, f"HEALTHCHECK NONE takes no flags, not {flag}")
+            raise error_at(node, flag, f"unknown flag: {flag} (HEALTHCHECK NONE takes no flags)")
         if rest:
             raise _error(node, "HEALTHCHECK NONE takes no arguments")
         return Healthcheck(node, test=("NONE",))
@@ -448,10 +493,8 @@ def _healthcheck(node: Node) -> Healthcheck:
             value = parse_go_duration(text) if text else 0
         except ValueError as e:
             raise error_at(node, f"--{name}", str(e)) from None
-        if 0 < value < 1_000_000:
+        if value and value < 1_000_000:  # a negative one too: BuildKit compares with 1ms only
             raise error_at(node, f"--{name}", f"Interval \"{name}\" cannot be less than 1ms")
-        if value < 0:
-            raise error_at(node, f"--{name}", f"Interval \"{name}\" cannot be negative")
         durations[name.replace("-", "_")] = value
     retries = 0
     if "retries" in flags:
@@ -563,29 +606,33 @@ def _parse_int32(text: str) -> int:
 
 
 def _onbuild(node: Node) -> OnBuild:
-    _no_flags(node)
     child = node.child
     if child is None:
         raise _error(node, "ONBUILD requires at least one argument")
-    trigger = child.keyword.upper()
-    if trigger == "ONBUILD":
+    _no_flags(node)
+    keyword = child.keyword.upper()
+    if keyword == "ONBUILD":
         raise _error(node, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
-    if trigger in ("MAINTAINER", "FROM"):
-        raise _error(node, f"{trigger} isn't allowed as an ONBUILD trigger")
-    instruction_from_node(child)  # a trigger that would fail later fails now, at its line
+    if keyword in ("MAINTAINER", "FROM"):
+        raise _error(node, f"{keyword} isn't allowed as an ONBUILD trigger")
+    trigger = instruction_from_node(child)  # a trigger that would fail later fails now, at its line
     expression = re.sub(r"(?i)^\s*ONBUILD\s*", "", node.original)
     for doc in child.heredocs:
         expression += "\n" + doc.content + doc.name
-    return OnBuild(node, expression=expression)
+    return OnBuild(node, expression=expression, trigger=trigger)
+
+
+def _require_destination(node: Node) -> None:
+    if len(node.args) < 2:
+        raise _error(
+            node,
+            f"{node.command.upper()} requires at least two arguments, but only one was provided. "
+            "Destination could not be determined",
+        )
 
 
 def _sources_and_dest(node: Node) -> tuple[tuple[str, ...], str, tuple[InlineSource, ...]]:
     command = node.command.upper()
-    if len(node.args) < 2:
-        raise _error(
-            node,
-            f"{command} requires at least two arguments, but only one was provided. Destination could not be determined",
-        )
     *sources, dest = node.args
     if parse_heredoc(dest) is not None:
         # the last word: a source may be written alike
@@ -603,12 +650,28 @@ def _sources_and_dest(node: Node) -> tuple[tuple[str, ...], str, tuple[InlineSou
     return tuple(paths), dest, tuple(inline)
 
 
+def _is_literal(word: str) -> bool:
+    """Whether expansion leaves `word` as it is (no variable, quote or escape in it)."""
+    return not any(ch in word for ch in "$\\`'\"")
+
+
+def _checked_chmod(node: Node, flags: dict[str, FlagValue]) -> str:
+    """--chmod as written; a literal one is checked now, as BuildKit checks it once expanded."""
+    chmod = str(flags.get("chmod", ""))
+    if chmod and _is_literal(chmod):
+        try:
+            parse_chmod(chmod)
+        except ValueError as e:
+            raise error_at(node, "--chmod", str(e)) from None
+    return chmod
+
+
+_FILE_COPY_FLAGS = {"chown": STRING, "chmod": STRING, "link": BOOL, "exclude": STRINGS}
+
+
 def _copy(node: Node) -> Copy:
-    flags = parse_flags(
-        node,
-        node.flags,
-        {"chown": STRING, "chmod": STRING, "from": STRING, "link": BOOL, "parents": BOOL, "exclude": STRINGS},
-    )
+    _require_destination(node)
+    flags = parse_flags(node, node.flags, {**_FILE_COPY_FLAGS, "from": STRING, "parents": BOOL})
     sources, dest, inline = _sources_and_dest(node)
     return Copy(
         node,
@@ -616,7 +679,7 @@ def _copy(node: Node) -> Copy:
         dest=dest,
         inline=inline,
         chown=str(flags.get("chown", "")),
-        chmod=str(flags.get("chmod", "")),
+        chmod=_checked_chmod(node, flags),
         link=bool(flags.get("link", False)),
         excludes=flags.get("exclude", ()),  # type: ignore[arg-type]
         from_=str(flags.get("from", "")),
@@ -625,30 +688,25 @@ def _copy(node: Node) -> Copy:
 
 
 def _add(node: Node) -> Add:
+    _require_destination(node)
     flags = parse_flags(
-        node,
-        node.flags,
-        {
-            "chown": STRING,
-            "chmod": STRING,
-            "link": BOOL,
-            "keep-git-dir": BOOL,
-            "checksum": STRING,
-            "unpack": BOOL,
-            "exclude": STRINGS,
-        },
+        node, node.flags, {**_FILE_COPY_FLAGS, "keep-git-dir": BOOL, "checksum": STRING, "unpack": BOOL}
     )
     sources, dest, inline = _sources_and_dest(node)
+    checksum = str(flags.get("checksum", ""))
+    if checksum and len(sources) != 1:
+        # BuildKit counts source paths only: a heredoc source is none
+        raise error_at(node, "--checksum", "checksum can't be specified for multiple sources")
     return Add(
         node,
         sources=sources,
         dest=dest,
         inline=inline,
         chown=str(flags.get("chown", "")),
-        chmod=str(flags.get("chmod", "")),
+        chmod=_checked_chmod(node, flags),
         link=bool(flags.get("link", False)),
         excludes=flags.get("exclude", ()),  # type: ignore[arg-type]
-        checksum=str(flags.get("checksum", "")),
+        checksum=checksum,
         keep_git_dir=flags.get("keep-git-dir"),  # type: ignore[arg-type]
         unpack=flags.get("unpack"),  # type: ignore[arg-type]
     )
