@@ -176,7 +176,7 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
             kind = value.lower()
             if kind not in MOUNT_TYPES:
                 hint = did_you_mean(value, MOUNT_TYPES, case_sensitive=True)
-                raise ValueError(f"unsupported mount type {_q(value)}{hint}")
+                raise ValueError(f"unsupported mount type {go_quote(value)}{hint}")
             values["type"] = kind
         elif key == "from":
             values["from_"] = value
@@ -202,7 +202,7 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
             mode = value.lower()
             if mode not in SHARING_MODES:
                 hint = did_you_mean(value, SHARING_MODES, case_sensitive=True)
-                raise ValueError(f"unsupported sharing value {_q(value)}{hint}")
+                raise ValueError(f"unsupported sharing value {go_quote(value)}{hint}")
             values["sharing"] = mode
         elif key in ("mode", "uid", "gid"):
             values[key] = _parse_uint(key, value, 8 if key == "mode" else 10)
@@ -217,7 +217,7 @@ def parse_mount(text: str, expand: Callable[[str], str] | None = None) -> Mount:
     if kind not in ("secret", "ssh", "cache"):
         for key in ("mode", "uid", "gid"):
             if values.get(key) is not None:
-                raise ValueError(f"{key} not allowed for {_q(kind)} type mounts")
+                raise ValueError(f"{key} not allowed for {go_quote(kind)} type mounts")
     if not readonly_given:
         values["readonly"] = kind not in ("cache", "tmpfs")
     if kind == "secret":
@@ -339,10 +339,6 @@ def _csv_error(what: str, text: str, index: int, problem: str) -> ValueError:
     # Go's csv.ParseError counts columns in bytes, from 1
     column = len(text[:index].encode("utf-8", "surrogatepass")) + 1
     return ValueError(f"failed to parse csv {what}: parse error on line 1, column {column}: {problem}")
-
-
-def _q(s: str) -> str:
-    return go_quote(s)
 
 
 # -- RUN --network / --security -----------------------------------------------------------------
