@@ -11,8 +11,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from buildpy import __version__
+
+if TYPE_CHECKING:  # the store is imported by the commands that use it, when they run
+    from buildpy.cas.store import Store
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,6 +51,237 @@ class UsageError(Exception):
     user_facing = True
 
 
+# the store: images, tag, rmi, inspect, load, export, prune, fsck
+
+
+def _store(args: argparse.Namespace) -> Store:
+    from buildpy.cas.store import Store
+
+    return Store(args.root)
+
+
+def _cmd_images(args: argparse.Namespace) -> int:
+    from buildpy.cas.reference import InvalidReference, parse, tagged_images
+
+    store = _store(args)
+    errors: list[str] = []
+    rows: list[tuple[float, list[str]]] = []
+    for t in tagged_images(store, errors):
+        try:
+            ref = parse(t.name)
+            repo, tag = ref.familiar_repository, ref.tag or "<none>"
+        except InvalidReference:
+            repo, tag = t.name, "<none>"
+        created = _parse_time(t.image.config.get("created"))
+        image_id = t.image.id if args.no_trunc else t.image.id.partition(":")[2][:12]
+        cells = [repo, tag, image_id, _created_ago(created), _human_size(t.image.size)]
+        rows.append((created or 0.0, cells))
+    rows.sort(key=lambda r: -r[0])  # newest first, as docker lists them (stable: by name within)
+    if args.quiet:
+        seen: set[str] = set()
+        for _, cells in rows:
+            if cells[2] not in seen:
+                seen.add(cells[2])
+                print(cells[2])
+    else:
+        sys.stdout.write(_table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], [c for _, c in rows]))
+    for e in errors:
+        print(f"warning: {e} (run `buildpy fsck`)", file=sys.stderr)
+    return 0
+
+
+def _cmd_tag(args: argparse.Namespace) -> int:
+    from buildpy.cas.reference import lookup, parse
+
+    store = _store(args)
+    dst = parse(args.dst, allow_digest=False)
+    with store.lease():  # SRC's blobs must outlive a concurrent rmi + prune until DST names them
+        _, desc = lookup(store, args.src)
+        store.set_ref(dst.name, desc)
+    return 0
+
+
+def _cmd_rmi(args: argparse.Namespace) -> int:
+    from buildpy.cas.reference import refs_named
+
+    store = _store(args)
+    failed = False
+    for text in args.names:
+        try:
+            names = refs_named(store, text)
+            if len(names) > 1 and not args.force:
+                raise UsageError(
+                    f"conflict: unable to delete {text} (must be forced) - image is referenced "
+                    f"in {len(names)} references; use -f or name the reference"
+                )
+            for n in names:
+                if store.delete_ref(n) is not None:
+                    print(f"Untagged: {_familiar(n)}")
+        except Exception as e:  # noqa: BLE001 - as docker: report, go on with the next name
+            if args.debug or not getattr(e, "user_facing", False):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from buildpy.cas.reference import refs_to, resolve
+
+    store = _store(args)
+    with store.lease():
+        name, image = resolve(store, args.name)
+        out = {
+            "name": name,
+            "id": image.id,
+            "digest": image.digest,
+            "mediaType": image.manifest_descriptor.media_type,
+            "refs": refs_to(store, image),
+            "size": image.size,
+            "manifest": image.manifest,
+            "config": image.config,
+        }
+    sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.path):
+        raise UsageError(f"cannot load {args.path}: no such file or directory")
+    from buildpy.cas import archive
+
+    store = _store(args)
+    with store.lease():
+        loaded = archive.load(store, args.path)
+    for name, image in loaded:
+        print(f"Loaded image: {_familiar(name)}" if name else f"Loaded image ID: {image.id}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from buildpy.cas.reference import lookup
+
+    store = _store(args)
+    with store.lease():  # the images' blobs stay while we read them, whatever rmi + prune do
+        names = []
+        for text in args.names:
+            name, _ = lookup(store, text)
+            if name is None:
+                raise UsageError(f"cannot export {text}: it has no tag (`buildpy tag` it first)")
+            names.append(name)
+        from buildpy.cas import archive
+
+        if args.docker:
+            archive.export_docker(store, names, args.output)
+        else:
+            archive.export_oci(store, names, args.output)
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from buildpy.cas.gc import prune
+
+    report = prune(_store(args), cache_mounts=args.cache_mounts)
+    print(f"Deleted blobs: {report.blobs_removed}")
+    print(f"Total reclaimed space: {_human_size(report.total_freed, 4)}")
+    return 0
+
+
+def _cmd_fsck(args: argparse.Namespace) -> int:
+    from buildpy.cas.gc import fsck
+
+    store = _store(args)
+    problems = fsck(store)
+    for p in problems:
+        print(p)
+    errors = sum(p.level == "error" for p in problems)
+    if errors:
+        print(f"error: store {store.root} has {errors} problem(s)", file=sys.stderr)
+        return 1
+    print(f"store {store.root} is consistent")
+    return 0
+
+
+def _familiar(name: str) -> str:
+    from buildpy.cas.reference import InvalidReference, parse
+
+    try:
+        return parse(name).familiar
+    except InvalidReference:
+        return name
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns as docker's tabwriter sets them: at least 10 wide, 3 spaces of padding, the last
+    column unpadded."""
+    widths = [max(10, *(len(r[i]) + 3 for r in [header, *rows])) for i in range(len(header) - 1)]
+    return "".join(
+        "".join(cell.ljust(w) for cell, w in zip(r, widths)) + r[-1] + "\n" for r in [header, *rows]
+    )
+
+
+def _human_size(size: float, precision: int = 3) -> str:
+    """docker's units.HumanSizeWithPrecision: decimal units, `precision` significant digits."""
+    units = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
+    i = 0
+    while size >= 1000 and i < len(units) - 1:
+        size /= 1000
+        i += 1
+    return f"{size:.{precision}g}{units[i]}"
+
+
+def _parse_time(text: object) -> float | None:
+    import re
+    from datetime import datetime
+
+    if not isinstance(text, str):
+        return None
+    # Go writes up to 9 fractional digits; fromisoformat takes at most 6
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip())
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _created_ago(created: float | None) -> str:
+    import time
+
+    if created is None:
+        return "N/A"
+    return _human_duration(time.time() - created) + " ago"
+
+
+def _human_duration(seconds: float) -> str:
+    """docker's units.HumanDuration."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)  # Go rounds the duration to the hour here
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds // 3600) // 24 // 365} years"
+
+
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="buildpy",
@@ -72,7 +307,51 @@ def _parser() -> argparse.ArgumentParser:
         "--stages", action="store_true", help="print the stages, what each depends on, and the build order"
     )
     p.set_defaults(handler=_cmd_parse)
+    _store_commands(commands)
     return top
+
+
+def _store_commands(commands: argparse._SubParsersAction) -> None:
+    def add(name: str, help: str, description: str, handler: Handler) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help, description=description)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("images", "list the images in the store", "List tagged images, newest first.", _cmd_images)
+    p.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
+    p.add_argument("--no-trunc", action="store_true", help="full image IDs")
+
+    p = add("tag", "make DST name the image SRC names", "Create a tag DST that refers to SRC.", _cmd_tag)
+    p.add_argument("src", metavar="SRC", help="image name, ID or digest")
+    p.add_argument("dst", metavar="DST", help="new NAME[:TAG]")
+
+    p = add("rmi", "remove image references", "Untag images; their blobs stay until `buildpy prune`.", _cmd_rmi)
+    p.add_argument("names", metavar="NAME", nargs="+", help="image name, ID or digest")
+    p.add_argument("-f", "--force", action="store_true", help="untag every reference to an image ID")
+
+    p = add("inspect", "print an image's manifest and config as JSON",
+            "Print an image's manifest and config as JSON.", _cmd_inspect)
+    p.add_argument("name", metavar="NAME", help="image name, ID or digest")
+
+    p = add("load", "load images from an OCI layout or docker-archive",
+            "Load an OCI layout (dir or tar) or a docker-archive tar.", _cmd_load)
+    p.add_argument("path", metavar="PATH")
+
+    p = add("export", "write images as an OCI layout or docker-archive",
+            "Write images as an OCI layout (a dir, or a tar if PATH ends .tar) or a docker-archive tar.",
+            _cmd_export)
+    fmt = p.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--oci", action="store_true", help="an OCI image layout (dir, or tar when PATH ends .tar)")
+    fmt.add_argument("--docker", action="store_true", help="a docker-archive tar (docker load / podman load)")
+    p.add_argument("-o", "--output", metavar="PATH", required=True)
+    p.add_argument("names", metavar="NAME[:TAG]", nargs="+")
+
+    p = add("prune", "remove blobs no image reaches",
+            "Remove blobs no reference reaches and leftovers of interrupted writes.", _cmd_prune)
+    p.add_argument("--cache-mounts", action="store_true", help="also empty the RUN --mount=type=cache directories")
+
+    add("fsck", "check every blob and reference",
+        "Check every blob's digest and every reference; exit 1 if the store is broken.", _cmd_fsck)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

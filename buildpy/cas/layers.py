@@ -11,12 +11,12 @@ import json
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from buildpy.cas.compress import CompressWriter, decompress_reader
+from buildpy.cas.compress import GZIP_BLOCK, CompressWriter, decompress_reader
 from buildpy.cas.digest import Hasher, hex_of
 from buildpy.cas.media import Descriptor, layer_compression, oci_layer_type
 from buildpy.cas.store import Store, write_atomic
 
-_CHUNK = 1 << 20
+_CHUNK = GZIP_BLOCK  # whole gzip blocks: the compressor takes them without a copy
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,22 @@ class Layer:
 
 
 def add_layer(store: Store, tar: BinaryIO, compression: str = "gzip") -> Layer:
-    """Compress an uncompressed tar stream into a new blob. The caller holds `store.lease()`."""
+    """Compress an uncompressed tar stream into a new blob. The caller holds `store.lease()`.
+
+    Three things happen to each block of the tar, on every core at once: the compressor's
+    threads deflate it, this thread hashes it for the diffID (hashlib releases the GIL), and the
+    compressed output is hashed and written as it comes back in order."""
     diff = Hasher()
     with store.ingest() as w:
-        cw = CompressWriter(w, compression)
-        while chunk := tar.read(_CHUNK):
-            diff.update(chunk)
-            cw.write(chunk)
-        cw.close()
+        with CompressWriter(w, compression) as cw:
+            while chunk := tar.read(_CHUNK):
+                cw.write(chunk)  # first hand the block to the compressor's threads, then hash it
+                if compression:
+                    diff.update(chunk)
         digest = w.commit()
         size = w.hasher.size
-    layer = Layer(Descriptor(oci_layer_type(compression), digest, size), diff.digest)
+    # uncompressed: the blob is the tar, its digest already the diffID
+    layer = Layer(Descriptor(oci_layer_type(compression), digest, size), diff.digest if compression else digest)
     record_diff_id(store, layer)
     return layer
 
@@ -44,8 +49,7 @@ def add_layer(store: Store, tar: BinaryIO, compression: str = "gzip") -> Layer:
 def diff_id_of(store: Store, layer: Descriptor) -> str:
     """The diffID of a stored layer blob, by decompressing it (callers cache what they need)."""
     h = Hasher()
-    with store.open_blob(layer.digest) as f:
-        r = decompress_reader(f, layer_compression(layer.media_type))
+    with store.open_blob(layer.digest) as f, decompress_reader(f, layer_compression(layer.media_type)) as r:
         while chunk := r.read(_CHUNK):
             h.update(chunk)
     return h.digest
@@ -59,11 +63,12 @@ def record_diff_id(store: Store, layer: Layer) -> None:
     """Remember that `layer.descriptor` holds the content `layer.diff_id`."""
     path = _index_path(store, layer.diff_id)
     path.parent.mkdir(exist_ok=True)
-    known = blobs_for_diff_id(store, layer.diff_id)
-    if any(d.digest == layer.descriptor.digest for d in known):
-        return
-    known.append(layer.descriptor)
-    with store.lock("diffids"):
+    # read inside the lock: two writers recording the same diffID must not drop each other's entry
+    with store.lease(), store.lock("diffids"):
+        known = blobs_for_diff_id(store, layer.diff_id)
+        if any(d.digest == layer.descriptor.digest for d in known):
+            return
+        known.append(layer.descriptor)
         write_atomic(path, json.dumps([d.to_json() for d in known]).encode(), store.tmp_dir)
 
 

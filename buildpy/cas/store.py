@@ -135,9 +135,12 @@ class Store:
             for d in (self.blobs_dir, self.tmp_dir, self.locks_dir):
                 d.mkdir(parents=True, exist_ok=True)
             layout = self.root / "oci-layout"
-            if not layout.exists():
-                write_atomic(layout, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}), self.tmp_dir)
-            if not self.index_path.exists():
+            if layout.exists() and self.index_path.exists():
+                return
+            # the lease keeps prune from clearing our temp file in tmp/ before it is renamed
+            with self.lease():
+                if not layout.exists():
+                    write_atomic(layout, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}), self.tmp_dir)
                 with self.lock("refs"):
                     if not self.index_path.exists():
                         self._write_index([])
@@ -179,14 +182,17 @@ class Store:
     def ingest(self, expected: str | None = None, size: int | None = None) -> Iterator[BlobWriter]:
         """Write a blob: `with store.ingest() as w: w.write(…)`; committed when the block ends
         without an error (checked against `expected`/`size` when given), discarded otherwise."""
-        writer = BlobWriter(self, expected, size)
-        try:
-            yield writer
-            if writer.committed is None:
-                writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        # A lease of its own (callers that go on to tag hold theirs too): prune clears tmp/,
+        # and must not take a temp file that is still being written.
+        with self.lease():
+            writer = BlobWriter(self, expected, size)
+            try:
+                yield writer
+                if writer.committed is None:
+                    writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
 
     def put_bytes(self, data: bytes, expected: str | None = None) -> str:
         digest = of_bytes(data)
@@ -267,6 +273,10 @@ class Store:
         }
         write_atomic(self.index_path, json.dumps(obj, indent=2).encode() + b"\n", self.tmp_dir)
 
+    def entries(self) -> list[Descriptor]:
+        """Every descriptor in index.json, named or not (what gc keeps and fsck checks)."""
+        return self._read_index()
+
     def refs(self) -> dict[str, Descriptor]:
         """Every reference name in the store and the manifest (or index) it names."""
         out: dict[str, Descriptor] = {}
@@ -281,9 +291,11 @@ class Store:
 
     def set_ref(self, name: str, target: Descriptor) -> None:
         """Point `name` at `target` (whose blob must be in the store), replacing what it named."""
-        if not self.has_blob(target.digest):
-            raise StoreError(f"cannot tag {name}: blob {target.digest} is not in the store")
-        with self.lock("refs"):
+        # lease, then refs (always in this order): prune can neither take the target between
+        # the check and the write nor clear index.json's temp file in tmp/
+        with self.lease(), self.lock("refs"):
+            if not self.has_blob(target.digest):
+                raise StoreError(f"cannot tag {name}: blob {target.digest} is not in the store")
             entries = [d for d in self._read_index() if d.annotations.get(REF_NAME) != name]
             annotations = dict(target.annotations)
             annotations[REF_NAME] = name
@@ -292,7 +304,7 @@ class Store:
             self._write_index(entries)
 
     def delete_ref(self, name: str) -> Descriptor | None:
-        with self.lock("refs"):
+        with self.lease(), self.lock("refs"):
             entries = self._read_index()
             kept = [d for d in entries if d.annotations.get(REF_NAME) != name]
             if len(kept) == len(entries):

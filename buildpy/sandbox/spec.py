@@ -20,6 +20,11 @@ class Overlay:
     lowers: tuple[Path, ...]
     upper: Path
     work: Path
+    # overlayfs "volatile": no syncs of the upper dir's filesystem, inside the step (fsync) or when
+    # the overlay goes away (which would otherwise sync the whole host filesystem once per step).
+    # The upper dir is read right after the step; fsync it yourself if you keep it. The work dir
+    # then holds work/incompat/volatile, and cannot be used for another mount.
+    volatile: bool = True
 
 
 @dataclass(frozen=True)
