@@ -183,9 +183,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from buildpy.cas.gc import prune
 
-    report = prune(_store(args), cache_mounts=args.cache_mounts)
+    from buildpy.sandbox import snapshots
+
+    store = _store(args)
+    report = prune(store, cache_mounts=args.cache_mounts)
+    snapshots_removed, snapshots_freed = snapshots.prune(store)
     print(f"Deleted blobs: {report.blobs_removed}")
-    print(f"Total reclaimed space: {_human_size(report.total_freed, 4)}")
+    if snapshots_removed:
+        print(f"Deleted layer snapshots: {snapshots_removed}")
+    print(f"Total reclaimed space: {_human_size(report.total_freed + snapshots_freed, 4)}")
     return 0
 
 

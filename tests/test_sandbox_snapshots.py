@@ -283,3 +283,19 @@ def test_trusted_opaque_marks_get_the_user_mark_the_sandbox_reads(store):
 
     (lower,) = snapshots.prepare(store, layers, diff_ids, unpacker=trusted_unpacker)
     assert os.getxattr(lower / "d", "user.overlay.opaque") == b"y"
+
+
+def test_prune_removes_snapshots_whose_blob_is_gone(store):
+    root_or_skip()
+    from buildpy.cas.gc import prune
+
+    image = image_from_tars(store, [files_tar({"kept": "k"})], "docker.io/library/kept:1")
+    gone = image_from_tars(store, [files_tar({"gone": "g"})], "docker.io/library/gone:1")
+    snapshots.prepare(store, image.layers, image.diff_ids)
+    snapshots.prepare(store, gone.layers, gone.diff_ids)
+    assert snapshots.prune(store) == (0, 0)  # both layers still have blobs
+    store.delete_ref("docker.io/library/gone:1")
+    prune(store)
+    removed, freed = snapshots.prune(store)
+    assert removed == 1 and freed == 1
+    assert snapshots.list_snapshots(store) == sorted(image.diff_ids)

@@ -260,6 +260,31 @@ def remove(store: Store, diff_id: str) -> bool:
         return False
 
 
+def prune(store: Store) -> tuple[int, int]:
+    """Remove the snapshots whose layer no longer has a blob in the store (after the store's own
+    prune), unless in use; returns (snapshots removed, bytes freed)."""
+    from buildpy.cas.layers import blobs_for_diff_id
+
+    removed = freed = 0
+    for diff_id in list_snapshots(store):
+        if blobs_for_diff_id(store, diff_id):
+            continue
+        size = _tree_bytes(snapshot_path(store, diff_id))
+        if remove(store, diff_id):
+            removed += 1
+            freed += size
+    return removed, freed
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
 def remove_tree(path: Path) -> None:
     """rm -rf that also gets past modes without the write bit (root ignores them, the owner of
     a rootless tree does not). Refuses to descend into anything still mounted below `path`."""
