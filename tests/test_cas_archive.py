@@ -50,6 +50,9 @@ def test_export_is_deterministic(tmp_path, store, layout):
         archive.export_docker(store, [NAME], tmp_path / "a.docker.tar")
         archive.export_docker(store, [NAME], tmp_path / "b.docker.tar")
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "a.tar").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     assert (tmp_path / "a.docker.tar").read_bytes() == (tmp_path / "b.docker.tar").read_bytes()
     with tarfile.open(tmp_path / "a.tar") as t:
         assert {m.mtime for m in t.getmembers()} == {0}

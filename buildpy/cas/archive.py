@@ -491,6 +491,10 @@ def _atomic_output(path: Path, as_tar: bool) -> Iterator[_Writer]:
     else:
         tmp_name = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    # mkstemp/mkdtemp make private files; the export is the user's, as `docker save -o` makes it
+    os.chmod(tmp, (0o777 if not as_tar else 0o666) & ~umask)
     try:
         writer = _Writer(tmp, as_tar)
         try:
