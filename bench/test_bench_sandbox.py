@@ -62,14 +62,12 @@ def test_buildpy_step_run_true(benchmark, tmp_path):
     from buildpy.cas.store import Store
     from buildpy.sandbox import step
     from tests.imagekit import busybox_image
-    from tests.test_sandbox_snapshots import unpacker  # the store's unpacker, or a stand-in until it exists
 
     store = Store(tmp_path / "store")
     image = busybox_image(store)
 
     def once() -> None:
-        result = step.run_step(store, layers=image.layers, diff_ids=image.diff_ids, process=Process(("/bin/true",)),
-                               unpacker=unpacker())
+        result = step.run_step(store, layers=image.layers, diff_ids=image.diff_ids, process=Process(("/bin/true",)))
         assert (result.exit_code, result.layer) == (0, None)
 
     once()  # unpacks the snapshot, starts the fork server: once per build

@@ -16,7 +16,7 @@ from buildpy.cas.store import Store
 from buildpy.sandbox import mounts, step
 from buildpy.sandbox.mounts import MountError, RunMount
 from buildpy.sandbox.spec import Mount, Process
-from tests.test_sandbox_snapshots import root_or_skip, unpacker
+from tests.test_sandbox_snapshots import root_or_skip
 
 
 @pytest.fixture
@@ -189,8 +189,7 @@ def image(store):
 def sh(store, image, script, **kw):
     out: list[bytes] = []
     result = step.run_step(store, layers=image.layers, diff_ids=image.diff_ids,
-                           process=Process(("/bin/sh", "-c", script)), stdout=out.append,
-                           unpacker=unpacker(), **kw)
+                           process=Process(("/bin/sh", "-c", script)), stdout=out.append, **kw)
     return result, b"".join(out).decode()
 
 

@@ -17,6 +17,7 @@ from typing import BinaryIO
 import pytest
 
 from buildpy.cas.store import Store
+from buildpy.cas.unpack import unpack_layer
 from buildpy.sandbox import snapshots
 from buildpy.sandbox.snapshots import SnapshotError
 from tests.imagekit import files_tar, image_from_tars
@@ -42,33 +43,9 @@ def overlay_or_skip(tmp: Path) -> None:
 
 
 def tar_unpacker(tar: BinaryIO, dest: Path) -> None:
-    """A layer in overlay form with tarfile (trusted test input only): `.wh.NAME` becomes a
-    0:0 char device, `.wh..wh..opq` user.overlay.opaque=y, SCHILY.xattr.* xattrs."""
-    with tarfile.open(fileobj=tar, mode="r|") as t:
-        for m in t:
-            name = os.path.normpath(m.name).lstrip("/")
-            head, _, base = name.rpartition("/")
-            parent = dest / head if head else dest
-            if base == ".wh..wh..opq":
-                os.setxattr(parent, "user.overlay.opaque", b"y")
-                continue
-            if base.startswith(".wh."):
-                os.mknod(parent / base[4:], stat.S_IFCHR, 0)
-                continue
-            t.extract(m, dest, filter="fully_trusted")
-            for key, value in m.pax_headers.items():
-                if key.startswith("SCHILY.xattr."):
-                    os.setxattr(dest / name, key[13:], value.encode("utf-8", "surrogateescape"),
-                                follow_symlinks=False)
-
-
-def unpacker() -> snapshots.Unpacker | None:
-    """The store's unpacker once it exists (None: snapshots' default), this file's until then."""
-    try:
-        from buildpy.cas import unpack  # noqa: F401
-    except ImportError:
-        return tar_unpacker
-    return None
+    """A layer in overlay form, as snapshots are made (the store's unpacker)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    unpack_layer(tar, dest, whiteouts="overlay")
 
 
 def tar_of(entries: list[tuple[str, str, object]]) -> bytes:
@@ -108,14 +85,14 @@ def test_prepare_unpacks_each_layer_once_topmost_first(store):
     top = tar_of([("etc", "dir", None), ("etc/.wh.gone", "whiteout", None), ("data", "dir", None),
                   ("data/.wh..wh..opq", "opaque", None), ("data/new", "file", "new")])
     layers, diff_ids = store_layers(store, [base, top])
-    lowers = snapshots.prepare(store, layers, diff_ids, unpacker=unpacker())
+    lowers = snapshots.prepare(store, layers, diff_ids)
     assert lowers == (snapshots.snapshot_path(store, diff_ids[1]), snapshots.snapshot_path(store, diff_ids[0]))
     assert (lowers[1] / "etc/passwd").read_text() == "root\n"
     st = os.lstat(lowers[0] / "etc/gone")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
     assert snapshots.is_opaque(lowers[0] / "data")
     inode = os.lstat(lowers[1] / "etc/passwd").st_ino
-    assert snapshots.prepare(store, layers, diff_ids, unpacker=unpacker()) == lowers
+    assert snapshots.prepare(store, layers, diff_ids) == lowers
     assert os.lstat(lowers[1] / "etc/passwd").st_ino == inode  # not unpacked again
     assert snapshots.list_snapshots(store) == sorted(diff_ids)
     assert not [p for p in os.listdir(store.tmp_dir) if p.startswith("snapshot-")]
@@ -126,7 +103,7 @@ def test_content_that_is_not_the_diff_id_is_never_published(store):
     layers, diff_ids = store_layers(store, [files_tar({"a": "a"})])
     wrong = "sha256:" + "0" * 64
     with pytest.raises(SnapshotError, match="has diffID"):
-        snapshots.prepare(store, layers, [wrong], unpacker=unpacker())
+        snapshots.prepare(store, layers, [wrong])
     assert snapshots.list_snapshots(store) == []
     assert not [p for p in os.listdir(store.tmp_dir) if p.startswith("snapshot-")]
 
@@ -151,7 +128,7 @@ def test_losing_a_race_discards_our_copy(store):
 def _prepare_in_child(root: str, layers, diff_ids, barrier) -> str:
     store = Store(root)
     barrier.wait()
-    return str(snapshots.prepare(store, layers, diff_ids, unpacker=unpacker())[0])
+    return str(snapshots.prepare(store, layers, diff_ids)[0])
 
 
 def test_concurrent_prepare_from_four_processes_makes_one_snapshot(store):
@@ -172,7 +149,7 @@ def test_concurrent_prepare_from_four_processes_makes_one_snapshot(store):
 def test_a_leased_snapshot_is_not_removed(store):
     root_or_skip()
     layers, diff_ids = store_layers(store, [files_tar({"a": "a"})])
-    with snapshots.use(store, layers, diff_ids, unpacker=unpacker()) as lowers:
+    with snapshots.use(store, layers, diff_ids) as lowers:
         assert not snapshots.remove(store, diff_ids[0])
         assert (lowers[0] / "a").is_file()
     assert snapshots.remove(store, diff_ids[0])

@@ -293,9 +293,29 @@ def prepare_root(spec: dict) -> list[tuple[str, ...]]:
     wanted = [(resolve(lowers, t), is_dir) for t, is_dir in _stub_targets(spec)]
     wanted = [w for w in wanted if w[0].missing]
     if wanted:
-        lowers.insert(0, _stub_layer(spec["cache"], lowers, wanted))
+        lowers.insert(0, _stub_link(_stub_layer(spec["cache"], lowers, wanted), ov["upper"]))
     mount_overlay(root, lowers, ov["upper"], ov["work"], ov["volatile"])
     return []
+
+
+def _stub_link(stubs: str, upper: str) -> str:
+    """A symlink to the stub layer beside the upper dir (overlay follows it at mount time), so that
+    every overlay path shares the upper dir's parent and the mount options stay short even for
+    hundreds of (short-linked) lowers; the stub layer itself lives in the per-process cache."""
+    link = os.path.join(os.path.dirname(upper), ".stubs")
+    try:
+        if os.readlink(link) == stubs:
+            return link
+        os.unlink(link)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return stubs  # not ours to replace: mount with the long path
+    try:
+        os.symlink(stubs, link)
+    except OSError:
+        return stubs
+    return link
 
 
 def _stub_layer(cache: str, lowers: list[str], wanted: list[tuple[Resolved, bool]]) -> str:

@@ -260,14 +260,14 @@ def _overlay(lowers: tuple[Path, ...], tmp: Path) -> Overlay:
 
 
 def _overlay_fits(lowers: tuple[Path, ...], tmp: Path) -> bool:
-    """Whether the overlay's mount options fit one page however the sandbox shortens them: it
-    writes the paths relative to their common parent, which with its stub layer in a run dir
-    of its own may be `/` (so: relative to `/`, after `short_lowers` where they apply)."""
+    """Whether the overlay's mount options fit one page as the sandbox writes them: paths
+    relative to their common parent, which is `tmp` once `short_lowers` applies (the sandbox
+    links its stub layer beside the upper dir, as `tmp/.stubs`)."""
     if snapshots.lowerdir_size(lowers) > _SHORT_LOWERS_OVER:
         lowers = tuple(tmp / "l" / "xx" for _ in lowers)  # what short_lowers would make
-    stubs = Path(tempfile.gettempdir()) / "buildpy-run-xxxxxxxx" / "stubs"
-    paths = [*lowers, stubs, tmp / "upper", tmp / "work"]
-    size = sum(len(os.fsencode(p)) for p in paths) + len(paths) + 64  # separators and option names
+    paths = [*lowers, tmp / ".stubs", tmp / "upper", tmp / "work"]
+    base = os.path.commonpath(paths)
+    size = sum(len(os.fsencode(os.path.relpath(p, base))) for p in paths) + len(paths) + 64
     return size <= snapshots.MOUNT_DATA_MAX
 
 
