@@ -261,3 +261,17 @@ def test_the_step_sees_the_images_whiteouts_and_opaque_dirs(store, image, mode):
                       "ls /opt; test -e /etc/motd || echo no motd", rootfs_mode=mode)
     assert result.exit_code == 0 and result.empty
     assert out == "c\nno motd\n"
+
+
+def test_privileges_need_the_builds_entitlements(store, image):
+    with pytest.raises(step.EntitlementError, match="--allow security.insecure"):
+        run(store, image.layers, image.diff_ids, "true", insecure=True)
+    with pytest.raises(step.EntitlementError, match="--allow network.host"):
+        run(store, image.layers, image.diff_ids, "true", network="host")
+    # granted, they run: insecure may mount, which Docker's defaults forbid
+    result, _ = run(store, image.layers, image.diff_ids, "mkdir -p /mnt/t && mount -t tmpfs t /mnt/t",
+                    insecure=True, allow={"security.insecure"})
+    assert result.exit_code == 0
+    result, _ = run(store, image.layers, image.diff_ids, "mkdir -p /mnt/t && mount -t tmpfs t /mnt/t")
+    assert result.exit_code != 0
+    assert run(store, image.layers, image.diff_ids, "true", network="host", allow={"network.host"})[0].exit_code == 0

@@ -18,7 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +51,21 @@ class StepResult:
     empty: bool
 
 
+class EntitlementError(Exception):
+    """A step asked for a privilege the build did not grant."""
+
+    user_facing = True
+
+
+def check_entitlements(*, insecure: bool, network: str, allow: Collection[str]) -> None:
+    """Refuse what BuildKit refuses without `--allow`: a step that leaves the sandbox's
+    privileges behind, or shares the host's network by asking for it explicitly."""
+    if insecure and "security.insecure" not in allow:
+        raise EntitlementError("RUN --security=insecure needs the build to allow it: --allow security.insecure")
+    if network == "host" and "network.host" not in allow:
+        raise EntitlementError("RUN --network=host needs the build to allow it: --allow network.host")
+
+
 def run_step(
     store: Store,
     *,
@@ -72,11 +87,14 @@ def run_step(
     source_date_epoch: int | None = None,
     rootfs_mode: RootfsMode = "auto",
     unpacker: snapshots.Unpacker | None = None,
+    allow: Collection[str] = (),
 ) -> StepResult:
     """Run `process` on the image whose layers (base first) and diffIDs are given; its change
     becomes a layer in the store (`compression`: "gzip", "zstd" or ""). rootfs_mode: "auto"
     uses overlayfs where it can be mounted (else the copy; env BUILDPY_NO_OVERLAY=1 forces it),
-    "overlay" and "copy" force one."""
+    "overlay" and "copy" force one. `allow`: the build's entitlements, as BuildKit's `--allow`:
+    `security.insecure` for `insecure`, `network.host` for network "host"."""
+    check_entitlements(insecure=insecure, network=network, allow=allow)
     from buildpy.sandbox import idmap
     from buildpy.sandbox.run import run  # lazily: the process side
 
@@ -115,8 +133,7 @@ def run_step(
                     insecure=insecure,
                     timeout=timeout,
                 )
-                result = run(spec, stdout=stdout, stderr=stderr)
-                code = result if isinstance(result, int) else int(getattr(result, "exit_code"))
+                code = run(spec, stdout=stdout, stderr=stderr)
                 if code != 0:
                     return StepResult(code, None, False)
             job = {
