@@ -222,16 +222,15 @@ def _copy_tree(store: Store, src: Source, d: Descriptor, depth: int = 0) -> None
         kids = children(store, d)
     except DigestError as e:
         raise ArchiveError(f"{src.where}: {d.digest}: {e}") from None
-    for child in kids:
-        if d.media_type in INDEXES:
+    if d.media_type in INDEXES:
+        for child in kids:
+            # attestations and other artifacts an index may list are not ours to judge
             if child.media_type in MANIFESTS | INDEXES:
                 _copy_tree(store, src, child, depth + 1)
-            continue  # attestations and other artifacts an index may list are not ours to judge
-        if child.media_type not in CONFIGS | LAYERS and child is not kids[0]:
-            raise ArchiveError(f"{src.where}: layer {child.digest} has unsupported media type {child.media_type}")
+        return
+    for child in kids:  # the config, then the layers (check_manifest vetted their media types)
         _copy_blob(store, src, child)
-    if d.media_type in MANIFESTS:
-        _record_diff_ids(store, d)
+    _record_diff_ids(store, d)
 
 
 def _record_diff_ids(store: Store, manifest: Descriptor) -> None:
@@ -408,7 +407,7 @@ def _closure(store: Store, roots: list[Descriptor]) -> list[str]:
         if d.digest in seen:
             continue
         if not store.has_blob(d.digest):
-            if d.media_type in MANIFESTS | INDEXES | CONFIGS or d.media_type in LAYERS:
+            if d.media_type in MANIFESTS | INDEXES | CONFIGS | LAYERS:
                 raise StoreError(f"blob {d.digest} is missing from the store (run `buildpy fsck`)")
             continue
         seen[d.digest] = None
