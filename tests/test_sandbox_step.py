@@ -275,3 +275,21 @@ def test_privileges_need_the_builds_entitlements(store, image):
     result, _ = run(store, image.layers, image.diff_ids, "mkdir -p /mnt/t && mount -t tmpfs t /mnt/t")
     assert result.exit_code != 0
     assert run(store, image.layers, image.diff_ids, "true", network="host", allow={"network.host"})[0].exit_code == 0
+
+
+def test_steps_run_side_by_side_from_threads(store, image):
+    # the executor runs independent steps on threads: each gets its own root and its own layer
+    import threading
+
+    results: dict[int, tuple] = {}
+
+    def one(i: int) -> None:
+        result, out = run(store, image.layers, image.diff_ids, f"echo {i} > /f{i}; sleep 0.2; ls / | grep -c '^f'")
+        results[i] = (result.exit_code, out, layer_entries(store, result.layer)[-1][::6] if result.layer else None)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: (0, "1\n", (f"f{i}", f"{i}\n".encode())) for i in range(4)}
