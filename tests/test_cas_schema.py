@@ -43,16 +43,15 @@ def layout(tmp_path) -> Path:
     image_from_tars(store, [files_tar({"x": "1"}), files_tar({"y": "2"})], "localhost:5000/two:v1",
                     compression="zstd", config={"Env": ["A=1"], "Cmd": ["sh"], "ExposedPorts": {"80/tcp": {}}})
     out = tmp_path / "layout"
-    with store.lease():
-        archive.export_oci(store, ["docker.io/library/busybox:latest", "localhost:5000/two:v1"], out)
+    archive.export_oci(store, ["docker.io/library/busybox:latest", "localhost:5000/two:v1"], out)
     return out
 
 
-def test_exported_layout_validates(layout):
+def _validate_layout(layout: Path, images: int) -> None:
     _valid("image-layout-schema.json", json.loads((layout / "oci-layout").read_text()))
     index = json.loads((layout / "index.json").read_text())
     _valid("image-index-schema.json", index)
-    assert len(index["manifests"]) == 2
+    assert len(index["manifests"]) == images
     for entry in index["manifests"]:
         manifest = json.loads((layout / "blobs/sha256" / entry["digest"][7:]).read_text())
         _valid("image-manifest-schema.json", manifest)
@@ -60,6 +59,21 @@ def test_exported_layout_validates(layout):
         _valid("config-schema.json", config)
         for layer in manifest["layers"]:
             _valid("content-descriptor.json", layer)
+
+
+def test_exported_layout_validates(layout):
+    _validate_layout(layout, 2)
+
+
+def test_manifests_made_from_a_docker_archive_validate(layout, tmp_path):
+    """Loading a docker archive writes a manifest of our own; it must be as valid as the rest."""
+    store = Store(tmp_path / "store")
+    archive.load(store, layout)
+    archive.export_docker(store, ["docker.io/library/busybox:latest", "localhost:5000/two:v1"], tmp_path / "d.tar")
+    other = Store(tmp_path / "other")
+    names = [name for name, _ in archive.load(other, tmp_path / "d.tar")]
+    archive.export_oci(other, names, tmp_path / "again")
+    _validate_layout(tmp_path / "again", 2)
 
 
 def test_the_validator_can_fail(layout):
