@@ -51,6 +51,70 @@ class UsageError(Exception):
     user_facing = True
 
 
+# build
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from buildpy.executor.build import BuildOptions
+    from buildpy.executor.session import OptionError, build, parse_output, parse_secret
+    from buildpy.planner.args import parse_build_args
+    from buildpy.planner.plan import BuildRequest
+
+    if args.cache_from or args.cache_to:
+        raise OptionError("--cache-from/--cache-to need the registry cache, which buildpy does not have yet")
+    context = Path(args.context)
+    dockerfile = Path(args.file) if args.file else context / "Dockerfile"
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    request = BuildRequest(context=context, dockerfile=dockerfile, build_args=parse_build_args(args.build_arg),
+                           target=args.target or None, platform=args.platform or "", labels=labels,
+                           network=args.network)
+    options = BuildOptions(
+        jobs=args.jobs, no_cache=args.no_cache, no_cache_filter=frozenset(args.no_cache_filter),
+        compression="" if args.compression == "uncompressed" else args.compression, network=args.network,
+        secrets=dict(parse_secret(s) for s in args.secret), allow=frozenset(args.allow),
+    )
+    outputs = [parse_output(o) for o in args.output]
+    result = build(_store(args), request, options, tags=args.tag, outputs=outputs, progress=args.progress)
+    if args.iidfile:
+        Path(args.iidfile).write_text(result.image.id)
+    if args.progress == "quiet":
+        print(result.image.id)
+    else:
+        print(f"built {result.image.id} ({result.ran} ran, {result.cached} cached)", file=sys.stderr)
+    return 0
+
+
+def _build_command(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("build", help="build an image from a Dockerfile",
+                            description="Build an image from a Dockerfile and its context.")
+    p.set_defaults(handler=_cmd_build)
+    p.add_argument("context", metavar="CONTEXT", help="the build context directory")
+    p.add_argument("-t", "--tag", action="append", default=[], metavar="NAME[:TAG]", help="name the image")
+    p.add_argument("-f", "--file", metavar="DOCKERFILE", help="the Dockerfile (default CONTEXT/Dockerfile)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
+    p.add_argument("--target", metavar="STAGE", help="build this stage")
+    p.add_argument("--no-cache", action="store_true", help="run every step (cache mounts are kept)")
+    p.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
+                   help="run every step of this stage")
+    p.add_argument("--network", choices=("default", "none", "host"), default="default",
+                   help="the network of RUN steps")
+    p.add_argument("--progress", choices=("auto", "plain", "tty", "quiet"), default="auto")
+    p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH|env=VAR")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label on the image")
+    p.add_argument("--jobs", type=int, default=0, metavar="N", help="steps at once (default: the core count)")
+    p.add_argument("--output", "-o", action="append", default=[], metavar="type=oci|docker|local,dest=PATH")
+    p.add_argument("--cache-from", action="append", default=[], metavar="SPEC")
+    p.add_argument("--cache-to", action="append", default=[], metavar="SPEC")
+    p.add_argument("--iidfile", metavar="FILE", help="write the image ID here")
+    p.add_argument("--platform", metavar="OS/ARCH", help="the target platform (default: the host's)")
+    p.add_argument("--allow", action="append", default=[], metavar="ENTITLEMENT",
+                   help="network.host or security.insecure")
+    p.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
+                   help="layer compression")
+
+
 # the store: images, tag, rmi, inspect, load, export, prune, fsck
 
 
@@ -313,6 +377,7 @@ def _parser() -> argparse.ArgumentParser:
         "--stages", action="store_true", help="print the stages, what each depends on, and the build order"
     )
     p.set_defaults(handler=_cmd_parse)
+    _build_command(commands)
     _store_commands(commands)
     return top
 

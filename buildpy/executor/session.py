@@ -1,0 +1,168 @@
+"""One `buildpy build` from start to end: the context reader (its `.dockerignore`, its stat
+cache), the plan, the execution with its progress, the tags, and the `--output`s. The CLI
+reads arguments into a `BuildRequest` and `BuildOptions` and calls `build`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from buildpy.cas.store import Store
+from buildpy.executor.build import BuildOptions, BuildResult, execute
+from buildpy.planner.plan import BuildRequest
+
+
+class OptionError(Exception):
+    """A build flag's value is wrong or names something buildpy does not do."""
+
+    user_facing = True
+
+
+@dataclass(frozen=True)
+class Output:
+    type: str  # "oci" | "docker" | "local" | "registry"
+    dest: str
+    name: str = ""
+
+
+def parse_output(text: str) -> Output:
+    """`--output type=oci,dest=PATH` (and BuildKit's shorthand: a bare PATH is type=local)."""
+    if "=" not in text:
+        return Output("local", text)
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise OptionError(f"invalid --output {text!r}: {part!r} is not KEY=VALUE")
+        fields[key.strip()] = value
+    kind = fields.pop("type", "")
+    dest = fields.pop("dest", "")
+    name = fields.pop("name", "")
+    if kind not in ("oci", "docker", "local", "registry", "image"):
+        raise OptionError(f"invalid --output {text!r}: type must be oci, docker, local or registry")
+    if kind in ("registry", "image") and fields.get("push", "true" if kind == "registry" else "false") == "true":
+        raise OptionError("--output type=registry needs the registry client (`buildpy push`), "
+                          "which buildpy does not have yet")
+    if kind == "image":
+        kind = "store"
+    elif not dest:
+        raise OptionError(f"invalid --output {text!r}: dest= is required for type={kind}")
+    if fields:
+        raise OptionError(f"invalid --output {text!r}: unknown option {sorted(fields)[0]!r}")
+    return Output(kind, dest, name)
+
+
+def parse_secret(text: str, environ: Mapping[str, str] | None = None) -> tuple[str, bytes]:
+    """`--secret id=ID[,src=PATH|,env=VAR][,type=file|env]`, as `docker build` reads it."""
+    environ = os.environ if environ is None else environ
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise OptionError(f"invalid --secret {text!r}: {part!r} is not KEY=VALUE")
+        key = {"source": "src", "target": "dst"}.get(key.strip(), key.strip())
+        fields[key] = value
+    sid = fields.get("id", "")
+    kind = fields.get("type", "")
+    src = fields.get("src", "")
+    env = fields.get("env", "")
+    if kind == "env" and not env:
+        env, src = src, ""
+    if not sid:
+        sid = env or os.path.basename(src)
+    if not sid:
+        raise OptionError(f"invalid --secret {text!r}: an id is required")
+    if env or (not src and kind != "file" and sid in environ):
+        name = env or sid
+        if name not in environ:
+            raise OptionError(f"--secret {sid}: environment variable {name} is not set")
+        return sid, environ[name].encode("utf-8", "surrogateescape")
+    path = src or sid
+    try:
+        with open(path, "rb") as f:
+            return sid, f.read()
+    except OSError as e:
+        raise OptionError(f"--secret {sid}: cannot read {path}: {e.strerror}") from None
+
+
+def build(
+    store: Store,
+    request: BuildRequest,
+    options: BuildOptions,
+    *,
+    tags: Sequence[str] = (),
+    outputs: Sequence[Output] = (),
+    progress: str = "auto",
+    stream: TextIO | None = None,
+) -> BuildResult:
+    from buildpy.cas.reference import InvalidReference, parse
+    from buildpy.executor.progress import make_progress
+    from buildpy.planner.context import ContextReader
+    from buildpy.planner.dockerignore import Matcher, read_patterns
+    from buildpy.planner.explain import Previous, identity
+    from buildpy.planner.plan import make_plan
+
+    if not request.context.is_dir():
+        raise OptionError(f"the build context {request.context} is not a directory")
+    names = []
+    for tag in tags:
+        try:
+            names.append(parse(tag, allow_digest=False).name)
+        except InvalidReference as e:
+            raise OptionError(f"invalid tag {tag!r}: {e}") from None
+    ident = identity(request.context, request.dockerfile, request.target)
+    ignore = Matcher(read_patterns(request.context, request.dockerfile))
+    reader = ContextReader(request.context, ignore=ignore, stat_cache=store.root / "statcache" / ident)
+    plan = make_plan(store, request, reader)
+    previous = Previous(store, ident)
+    total = sum(1 for s in plan.steps() if s.op != "meta")
+    view = make_progress(progress, total, stream or sys.stderr)
+    try:
+        result = execute(store, plan, options, view, previous)
+    finally:
+        view.close()
+        for path in plan.temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+    reader.save()
+    previous.save(store, plan)
+    for name in names:
+        store.set_ref(name, result.image.manifest_descriptor)
+    for out in outputs:
+        _export(store, result, out, names)
+    return result
+
+
+def _export(store: Store, result: BuildResult, out: Output, names: list[str]) -> None:
+    from buildpy.cas import archive
+
+    if out.type == "store":
+        return
+    if out.type == "local":
+        _unpack_to(store, result, Path(out.dest))
+        return
+    ref = out.name or (names[0] if names else "")
+    if not ref:
+        raise OptionError(f"--output type={out.type} needs an image name: give -t NAME or name=NAME")
+    from buildpy.cas.reference import parse
+
+    name = parse(ref, allow_digest=False).name
+    if store.get_ref(name) is None or store.get_ref(name).digest != result.image.digest:  # type: ignore[union-attr]
+        store.set_ref(name, result.image.manifest_descriptor)
+    if out.type == "oci":
+        archive.export_oci(store, [name], out.dest)
+    else:
+        archive.export_docker(store, [name], out.dest)
+
+
+def _unpack_to(store: Store, result: BuildResult, dest: Path) -> None:
+    from buildpy.cas.unpack import unpack_blob
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for layer in result.image.layers:
+        unpack_blob(store, layer, dest, whiteouts="apply")
