@@ -123,7 +123,7 @@ class Store:
     """One store directory. Cheap to make; creates its layout on first use."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root) if root else default_root()
+        self.root = (Path(root) if root else default_root()).absolute()  # the sandbox changes directory
         self.blobs_dir = self.root / "blobs" / ALGORITHM
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"

@@ -187,6 +187,8 @@ class _Execution:
             if step.op == "meta":
                 state.history.append(self._history(step, state.created, empty=True))
                 continue
+            for index in self._reads(step):  # what it copies or mounts from, ready first
+                self._wait(index)
             self.progress.start(step)
             record = None if no_cache else buildcache.lookup(self.store, step.key)
             if record is not None:
@@ -213,9 +215,6 @@ class _Execution:
         return entry
 
     def _run_step(self, step: Step, state: StageState) -> CacheRecord:
-        # what it reads from other stages is waited for outside the job slot
-        for index in self._reads(step):
-            self._wait(index)
         with self.jobs:
             if self.failed.is_set():
                 raise _Cancelled()
