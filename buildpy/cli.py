@@ -57,10 +57,10 @@ class UsageError(Exception):
 def _cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from buildpy.executor.build import BuildOptions
+    from buildpy.executor.options import BuildOptions
     from buildpy.executor.session import OptionError, build, parse_output, parse_secret
     from buildpy.planner.args import parse_build_args
-    from buildpy.planner.plan import BuildRequest
+    from buildpy.planner.request import BuildRequest
 
     if args.cache_from or args.cache_to:
         raise OptionError("--cache-from/--cache-to need the registry cache, which buildpy does not have yet")

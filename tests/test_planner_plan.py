@@ -11,7 +11,8 @@ import pytest
 from buildpy.cas.store import Store
 from buildpy.grammar.errors import DockerfileError
 from buildpy.planner.context import ContextReader
-from buildpy.planner.plan import BuildRequest, PlanError, make_plan
+from buildpy.planner.plan import PlanError, make_plan
+from buildpy.planner.request import BuildRequest
 
 
 @pytest.fixture

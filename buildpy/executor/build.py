@@ -17,9 +17,9 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from buildpy.cas.buildcache import CacheRecord
 from buildpy.cas.image import Image, write_image
 from buildpy.cas.media import Descriptor
 from buildpy.cas.store import Store
+from buildpy.executor.options import BuildOptions, BuildResult
 from buildpy.executor.progress import Progress
 from buildpy.planner.explain import Previous
 from buildpy.planner.plan import Plan, Step, StagePlan
@@ -46,20 +47,6 @@ class _Cancelled(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class BuildOptions:
-    jobs: int = 0  # 0: the core count
-    no_cache: bool = False
-    no_cache_filter: frozenset[str] = frozenset()  # stage names (or indexes) not to reuse
-    compression: str = "gzip"
-    network: str = "default"  # for RUN without --network
-    secrets: Mapping[str, bytes] = field(default_factory=dict)
-    ssh_agents: Mapping[str, str] | None = None
-    allow: frozenset[str] = frozenset()
-    hostname: str = "buildpy"
-    rootfs_mode: str = "auto"
-
-
 @dataclass
 class StageState:
     """A stage's filesystem and history as its steps advance."""
@@ -68,13 +55,6 @@ class StageState:
     diff_ids: list[str]
     history: list[dict[str, Any]]
     created: str
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    image: Image
-    ran: int  # steps that ran
-    cached: int  # steps reused
 
 
 def rfc3339(ts: float) -> str:
@@ -94,7 +74,11 @@ class _Execution:
         self.options = options
         self.progress = progress
         self.previous = previous
+        # Job slots bound the work done in this process (COPY, ADD, WORKDIR, and writing layers):
+        # the core count by default. A RUN's process is the command's own; it runs unbounded by
+        # default, as BuildKit runs independent steps, and `--jobs N` bounds RUN steps too.
         self.jobs = threading.Semaphore(options.jobs or os.cpu_count() or 1)
+        self.run_jobs = threading.Semaphore(options.jobs) if options.jobs else contextlib.nullcontext()
         self.futures: dict[int, Future[StageState]] = {i: Future() for i in plan.order}
         self.failed = threading.Event()
         self.counts_lock = threading.Lock()
@@ -215,7 +199,7 @@ class _Execution:
         return entry
 
     def _run_step(self, step: Step, state: StageState) -> CacheRecord:
-        with self.jobs:
+        with self.run_jobs if step.op == "run" else self.jobs:
             if self.failed.is_set():
                 raise _Cancelled()
             started = time.monotonic()

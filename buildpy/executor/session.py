@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TextIO
 
 from buildpy.cas.store import Store
-from buildpy.executor.build import BuildOptions, BuildResult, execute
-from buildpy.planner.plan import BuildRequest
+from buildpy.executor.options import BuildOptions, BuildResult
+from buildpy.planner.request import BuildRequest, identity
 
 
 class OptionError(Exception):
@@ -102,11 +102,8 @@ def build(
     stream: TextIO | None = None,
 ) -> BuildResult:
     from buildpy.cas.reference import InvalidReference, parse
-    from buildpy.executor.progress import make_progress
-    from buildpy.planner.context import ContextReader
-    from buildpy.planner.dockerignore import Matcher, read_patterns
-    from buildpy.planner.explain import Previous, identity
-    from buildpy.planner.plan import make_plan
+    from buildpy.planner import fastpath
+    from buildpy.planner.dockerignore import read_patterns
 
     if not request.context.is_dir():
         raise OptionError(f"the build context {request.context} is not a directory")
@@ -116,13 +113,53 @@ def build(
             names.append(parse(tag, allow_digest=False).name)
         except InvalidReference as e:
             raise OptionError(f"invalid tag {tag!r}: {e}") from None
-    ident = identity(request.context, request.dockerfile, request.target)
-    ignore = Matcher(read_patterns(request.context, request.dockerfile))
-    reader = ContextReader(request.context, ignore=ignore, stat_cache=store.root / "statcache" / ident)
+    stream = stream or sys.stderr
+    ident = identity(request)
+    patterns = read_patterns(request.context, request.dockerfile)
+    fingerprint = ""
+    if not options.no_cache and not options.no_cache_filter:
+        try:
+            dockerfile = request.dockerfile.read_bytes()
+        except OSError:
+            dockerfile = b""  # the planner says what is wrong with it
+        fingerprint = fastpath.fingerprint(request, dockerfile, patterns)
+        remembered = fastpath.recall(store, ident, fingerprint)
+        if remembered is not None:
+            result = _remembered(store, remembered, progress, stream)
+            return _finish(store, result, names, outputs)
+    result = _build(store, request, options, ident, patterns, fingerprint, progress, stream)
+    return _finish(store, result, names, outputs)
+
+
+def _remembered(store: Store, remembered, progress: str, stream: TextIO) -> BuildResult:  # noqa: ANN001
+    from buildpy.cas.image import load_image
+    from buildpy.cas.media import Descriptor
+
+    image = load_image(store, Descriptor.from_json(remembered.manifest, "build record"))
+    if progress != "quiet":
+        lines = []
+        for n, label in enumerate(remembered.steps, start=1):
+            lines.append(f"#{n} {label}\n#{n} CACHED\n")
+        lines.append("nothing changed since the last build: every step reused\n")
+        stream.write("".join(lines))
+    return BuildResult(image, 0, len(remembered.steps))
+
+
+def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: str, patterns: list[str],
+           fingerprint: str, progress: str, stream: TextIO) -> BuildResult:
+    from buildpy.executor.build import execute
+    from buildpy.executor.progress import make_progress
+    from buildpy.planner import fastpath
+    from buildpy.planner.context import ContextReader
+    from buildpy.planner.dockerignore import Matcher
+    from buildpy.planner.explain import Previous
+    from buildpy.planner.plan import make_plan
+
+    reader = ContextReader(request.context, ignore=Matcher(patterns), stat_cache=store.root / "statcache" / ident)
     plan = make_plan(store, request, reader)
     previous = Previous(store, ident)
-    total = sum(1 for s in plan.steps() if s.op != "meta")
-    view = make_progress(progress, total, stream or sys.stderr)
+    steps = [s for s in plan.steps() if s.op != "meta"]
+    view = make_progress(progress, len(steps), stream)
     try:
         result = execute(store, plan, options, view, previous)
     finally:
@@ -131,8 +168,19 @@ def build(
             shutil.rmtree(path, ignore_errors=True)
     reader.save()
     previous.save(store, plan)
+    if fingerprint and not plan.temp_dirs:
+        fastpath.remember(store, ident, fingerprint, result.image.manifest_descriptor.to_json(), dict(plan.bases),
+                          [s.label for s in steps])
+    else:
+        fastpath.forget(store, ident)
+    return result
+
+
+def _finish(store: Store, result: BuildResult, names: list[str], outputs: Sequence[Output]) -> BuildResult:
     for name in names:
-        store.set_ref(name, result.image.manifest_descriptor)
+        current = store.get_ref(name)
+        if current is None or current.digest != result.image.digest:
+            store.set_ref(name, result.image.manifest_descriptor)
     for out in outputs:
         _export(store, result, out, names)
     return result

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import blake3
 
 from buildpy.cas.store import Store, write_atomic
 from buildpy.planner.context import changed_files
@@ -19,11 +17,6 @@ from buildpy.planner.plan import Plan, Step
 
 DIR = "builds"
 _SHOW_FILES = 5
-
-
-def identity(context: Path, dockerfile: Path, target: str | None) -> str:
-    text = f"{context.resolve()}\0{dockerfile.resolve()}\0{target or ''}"
-    return blake3.blake3(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _slot(step: Step) -> str:

@@ -55,6 +55,7 @@ from buildpy.grammar.shell import expand_word
 from buildpy.grammar.stages import Dockerfile, Stage, stages_from
 from buildpy.planner import args as argslib
 from buildpy.planner.context import ContextError, ContextReader, Selection
+from buildpy.planner.request import BuildRequest
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -65,19 +66,6 @@ class PlanError(Exception):
     """The build cannot be planned: a missing base image, a bad flag value. One line."""
 
     user_facing = True
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    """What the user asked for, as the CLI read it."""
-
-    context: Path
-    dockerfile: Path
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    target: str | None = None
-    platform: str = ""  # the target platform; "" = the host's
-    labels: Mapping[str, str] = field(default_factory=dict)
-    network: str = "default"
 
 
 @dataclass(frozen=True)
@@ -156,6 +144,7 @@ class Plan:
     source_date_epoch: int | None
     context_reader: ContextReader
     temp_dirs: list[Path] = field(default_factory=list, compare=False)  # downloads, removed after the build
+    bases: Mapping[str, str] = field(default_factory=dict)  # ref → manifest digest of the images it uses
 
     def steps(self) -> list[Step]:
         return [step for i in self.order for step in self.stages[i].steps]
@@ -201,6 +190,7 @@ class _Planner:
         self.images: dict[str, Image] = {}
         self.number = 0
         self.temp_dirs: list[Path] = []
+        self.bases: dict[str, str] = {}  # ref → manifest digest of every image it resolved
 
     # --- the global scope ------------------------------------------------------------------
 
@@ -244,7 +234,7 @@ class _Planner:
             config["config"]["Labels"] = {**(config["config"].get("Labels") or {}), **self.request.labels}
             self.stages[target] = replace(final, config=config)
         return Plan(df, self.stages, tuple(s.index for s in needed), target, self.platform, self.epoch,
-                    self.reader, self.temp_dirs)
+                    self.reader, self.temp_dirs, self.bases)
 
     def _base(self, stage: Stage) -> Base:
         if stage.base_stage is not None:
@@ -268,7 +258,7 @@ class _Planner:
         from buildpy.cas.store import StoreError
 
         try:
-            _name, image = resolve(self.store, word)
+            name, image = resolve(self.store, word)
         except InvalidReference as e:
             raise DockerfileError(f"invalid reference {word!r}: {e}", where.file, where.line, where.col) from None
         except StoreError:
@@ -277,6 +267,8 @@ class _Planner:
                 f"add it with `buildpy load FILE` (or `buildpy pull {word}`)"
             ) from None
         self.images[word] = image
+        if name is not None:  # by digest alone it cannot change
+            self.bases[name] = image.manifest_descriptor.digest
         return image
 
     def _stage(self, stage: Stage) -> StagePlan:

@@ -1,0 +1,32 @@
+"""How a build runs (jobs, cache use, compression, network, secrets, entitlements): light to
+import, for the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from buildpy.cas.image import Image
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    jobs: int = 0  # 0: the core count for in-process work, RUN steps unbounded
+    no_cache: bool = False
+    no_cache_filter: frozenset[str] = frozenset()  # stage names (or indexes) not to reuse
+    compression: str = "gzip"
+    network: str = "default"  # for RUN without --network
+    secrets: Mapping[str, bytes] = field(default_factory=dict)
+    ssh_agents: Mapping[str, str] | None = None
+    allow: frozenset[str] = frozenset()
+    hostname: str = "buildpy"
+    rootfs_mode: str = "auto"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: Image
+    ran: int  # steps that ran
+    cached: int  # steps reused
