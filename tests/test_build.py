@@ -309,3 +309,39 @@ def _tar_of(files: dict[str, bytes]) -> bytes:
             ti.size = len(data)
             t.addfile(ti, io.BytesIO(data))
     return buf.getvalue()
+
+
+def test_no_change_fast_path_sees_every_input(store, tmp_path, capsys):
+    """The stat-only answer is given only when nothing that matters changed."""
+    from tests.imagekit import busybox_image
+
+    ctx = write(tmp_path / "ctx", {"Dockerfile": APP, "a.txt": "a", ".dockerignore": "*.log\n"})
+    assert build(store, ctx, "-t", "f", capsys=capsys)[0] == 0
+    _rc, err = build(store, ctx, "-t", "f", capsys=capsys)
+    assert "nothing changed since the last build" in err
+    # a changed build arg, an edited .dockerignore, a re-tagged base: the full path (all cached)
+    for change in ("arg", "ignore", "base", "dockerfile"):
+        extra: list[str] = []
+        if change == "arg":
+            extra = ["--build-arg", "UNUSED=1"]
+        elif change == "ignore":
+            (ctx / ".dockerignore").write_text("*.log\n*.tmp\n")
+        elif change == "base":
+            busybox_image(store, extra={"etc/new": "x"})
+        else:
+            (ctx / "Dockerfile").write_text(APP + "ENV X=1\n")
+        rc, err = build(store, ctx, "-t", "f", *extra, capsys=capsys)
+        assert rc == 0 and "nothing changed" not in err, change
+    tree = image_files(store, "f")
+    assert tree["etc/new"][2] == b"x"  # the new base was used
+
+
+def test_fast_path_result_is_pruned_with_its_image(store, tmp_path, capsys):
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo 1 > /one\n"})
+    assert build(store, ctx, "-t", "p", capsys=capsys)[0] == 0
+    assert main(["--root", str(store.root), "rmi", "p"]) == 0
+    assert main(["--root", str(store.root), "prune"]) == 0
+    capsys.readouterr()
+    rc, err = build(store, ctx, "-t", "p", capsys=capsys)
+    assert rc == 0 and "nothing changed" not in err
+    assert image_files(store, "p")["one"][2] == b"1\n"
