@@ -58,7 +58,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from buildpy.executor.options import BuildOptions
-    from buildpy.executor.session import OptionError, build, parse_output, parse_secret
+    from buildpy.executor.session import OptionError, build, parse_output, parse_secret, parse_ssh
     from buildpy.planner.args import parse_build_args
     from buildpy.planner.request import BuildRequest
 
@@ -74,6 +74,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         jobs=args.jobs, no_cache=args.no_cache, no_cache_filter=frozenset(args.no_cache_filter),
         compression="" if args.compression == "uncompressed" else args.compression, network=args.network,
         secrets=dict(parse_secret(s) for s in args.secret), allow=frozenset(args.allow),
+        ssh_agents=dict(parse_ssh(s) for s in args.ssh),
     )
     outputs = [parse_output(o) for o in args.output]
     result = build(_store(args), request, options, tags=args.tag, outputs=outputs, progress=args.progress)
@@ -102,6 +103,8 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
                    help="the network of RUN steps")
     p.add_argument("--progress", choices=("auto", "plain", "tty", "quiet"), default="auto")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH|env=VAR")
+    p.add_argument("--ssh", action="append", default=[], metavar="default|ID=SOCKET",
+                   help="an ssh agent for RUN --mount=type=ssh (default: $SSH_AUTH_SOCK)")
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label on the image")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="steps at once (default: the core count)")
     p.add_argument("--output", "-o", action="append", default=[], metavar="type=oci|docker|local,dest=PATH")

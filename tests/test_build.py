@@ -345,3 +345,46 @@ def test_fast_path_result_is_pruned_with_its_image(store, tmp_path, capsys):
     rc, err = build(store, ctx, "-t", "p", capsys=capsys)
     assert rc == 0 and "nothing changed" not in err
     assert image_files(store, "p")["one"][2] == b"1\n"
+
+
+def test_bind_mount_of_the_context_hides_ignored_files(store, tmp_path, capsys):
+    df = "FROM busybox\nRUN --mount=type=bind,target=/ctx ls -a /ctx > /seen\n"
+    ctx = write(tmp_path / "ctx", {"Dockerfile": df, "kept.txt": "k", ".env": "SECRET=1", ".dockerignore": ".env\n"})
+    rc, err = build(store, ctx, "-t", "m", capsys=capsys)
+    assert rc == 0, err
+    seen = image_files(store, "m")["seen"][2].decode().split()
+    assert "kept.txt" in seen and ".env" not in seen
+
+
+def test_ssh_and_secret_flags_are_read_as_docker_reads_them(tmp_path):
+    from buildpy.executor.session import OptionError, parse_secret, parse_ssh
+
+    (tmp_path / "tok").write_text("t0k")
+    assert parse_secret(f"id=a,src={tmp_path / 'tok'}") == ("a", b"t0k")
+    assert parse_secret("id=b,env=MY_TOKEN", {"MY_TOKEN": "v"}) == ("b", b"v")
+    assert parse_secret("id=MY_TOKEN", {"MY_TOKEN": "v"}) == ("MY_TOKEN", b"v")
+    with pytest.raises(OptionError):
+        parse_secret("id=c,env=UNSET", {})
+    assert parse_ssh("default", {"SSH_AUTH_SOCK": "/s"}) == ("default", "/s")
+    assert parse_ssh("gh=/run/agent.sock", {}) == ("gh", "/run/agent.sock")
+    with pytest.raises(OptionError):
+        parse_ssh("default", {})
+
+
+def test_tty_progress_draws_a_bar_and_keeps_the_tail(store, tmp_path):
+    from buildpy.executor.progress import TtyProgress
+
+    stream = io.StringIO()
+    view = TtyProgress(2, stream)
+
+    class FakeStep:  # the view reads only these
+        number = 1
+        label = "[stage-0 2/2] RUN echo"
+
+    view.start(FakeStep)  # type: ignore[arg-type]
+    view.output(FakeStep, b"line one\nline two\n")  # type: ignore[arg-type]
+    view.done(FakeStep, 0.5)  # type: ignore[arg-type]
+    view.close()
+    text = stream.getvalue()
+    assert "#1 [stage-0 2/2] RUN echo" in text and "DONE 0.5s" in text
+    assert view.tail(FakeStep) == ["line one", "line two"]  # type: ignore[arg-type]

@@ -52,6 +52,8 @@ def _run(ex: _Execution, step: Step, state: StageState) -> Layer | None:
             from_dir = ex.image_root(m.from_image)
         elif m.type == "bind":
             from_dir = ex.plan.context_reader.root
+            if ex.plan.context_reader.ignore is not None and m.selection is not None:
+                from_dir = _filtered_context(ex, m.selection)  # .dockerignore hides files from mounts too
         source = m.source
         if m.type in ("bind", "cache") and source:
             source = posixpath.normpath("/" + source).lstrip("/") or "."
@@ -97,6 +99,33 @@ def _run(ex: _Execution, step: Step, state: StageState) -> Layer | None:
         raise BuildError(f"{step.where}: {first}: did not complete successfully: exit code: "
                          f"{result.exit_code}{shown}")
     return result.layer
+
+
+def _filtered_context(ex: _Execution, selection) -> Path:  # noqa: ANN001 - planner.context.Selection
+    """The part of the context a bind mount reads, without what `.dockerignore` leaves out:
+    hardlinks where the store shares the context's file system, copies otherwise."""
+    import os
+    import shutil
+
+    root = ex.plan.context_reader.root
+    target = Path(tempfile.mkdtemp(dir=ex.tmp_dir(), prefix="context-"))
+    target.chmod(0o755)
+    for m in selection.matches:
+        for e in (m.entry, *m.children):
+            if not e.rel:
+                continue
+            src, dst = root / e.rel, target / e.rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if e.kind == "dir":
+                dst.mkdir(mode=e.mode, exist_ok=True)
+            elif e.kind == "symlink":
+                os.symlink(e.linkname, dst)
+            elif e.kind == "file":
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+    return target
 
 
 # --- COPY / ADD --------------------------------------------------------------------------------

@@ -91,6 +91,20 @@ def parse_secret(text: str, environ: Mapping[str, str] | None = None) -> tuple[s
         raise OptionError(f"--secret {sid}: cannot read {path}: {e.strerror}") from None
 
 
+def parse_ssh(text: str, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """`--ssh default` (the agent of $SSH_AUTH_SOCK) or `--ssh ID=SOCKET`."""
+    environ = os.environ if environ is None else environ
+    sid, eq, path = text.partition("=")
+    if not eq:
+        sock = environ.get("SSH_AUTH_SOCK", "")
+        if not sock:
+            raise OptionError(f"--ssh {text}: SSH_AUTH_SOCK is not set")
+        return sid, sock
+    if "," in path:
+        raise OptionError(f"--ssh {text}: key files are not supported, give an agent socket")
+    return sid, path
+
+
 def build(
     store: Store,
     request: BuildRequest,

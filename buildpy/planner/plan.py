@@ -187,7 +187,7 @@ class _Planner:
         self.platform_args = argslib.platform_args(platform, host_platform())
         self.global_args: dict[str, str | None] = {}
         self.stages: dict[int, StagePlan] = {}
-        self.images: dict[str, Image] = {}
+        self.images: dict[tuple[str, str], Image] = {}
         self.number = 0
         self.temp_dirs: list[Path] = []
         self.bases: dict[str, str] = {}  # ref → manifest digest of every image it resolved
@@ -243,7 +243,7 @@ class _Planner:
         word = stage.expanded_base if stage.expanded_base is not None else stage.base
         if word.lower() == "scratch" and word == "scratch":
             return Base("scratch", "scratch", key_of({"op": "scratch", "platform": self._stage_platform(stage)}))
-        image = self._image(word, stage.start)
+        image = self._image(word, stage.start, self._stage_platform(stage))
         return Base("image", word, key_of({"op": "image", "manifest": image.digest}), image=image)
 
     def _stage_platform(self, stage: Stage) -> str:
@@ -251,14 +251,17 @@ class _Planner:
             return self.platform
         return self._expand_word(stage.start, stage.platform, self.global_scope) or self.platform
 
-    def _image(self, word: str, where: Instruction) -> Image:
-        if word in self.images:
-            return self.images[word]
-        from buildpy.cas.reference import InvalidReference, resolve
+    def _image(self, word: str, where: Instruction, platform: str | None = None) -> Image:
+        platform = platform or self.platform
+        if (word, platform) in self.images:
+            return self.images[(word, platform)]
+        from buildpy.cas.image import load_image
+        from buildpy.cas.reference import InvalidReference, lookup
         from buildpy.cas.store import StoreError
 
         try:
-            name, image = resolve(self.store, word)
+            name, descriptor = lookup(self.store, word)
+            image = load_image(self.store, descriptor, platform)
         except InvalidReference as e:
             raise DockerfileError(f"invalid reference {word!r}: {e}", where.file, where.line, where.col) from None
         except StoreError:
@@ -266,9 +269,9 @@ class _Planner:
                 f"{where.file}:{where.line}: image {word!r} is not in the store; "
                 f"add it with `buildpy load FILE` (or `buildpy pull {word}`)"
             ) from None
-        self.images[word] = image
+        self.images[(word, platform)] = image
         if name is not None:  # by digest alone it cannot change
-            self.bases[name] = image.manifest_descriptor.digest
+            self.bases[name] = descriptor.digest
         return image
 
     def _stage(self, stage: Stage) -> StagePlan:
