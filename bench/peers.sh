@@ -32,8 +32,8 @@ t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >
 cold_buildpy() { rm -rf "$W/s"; cp -a "$W/base" "$W/s"; t "$BP" --root "$W/s" build --progress quiet -t b "$1"; }
 warm_buildpy() { t "$BP" --root "$W/s" build --progress quiet -t b "$1"; }
 cold_docker() { "$DOCKER" builder prune -af >/dev/null 2>&1; "$DOCKER" rmi -f b >/dev/null 2>&1 || true
-                DOCKER_BUILDKIT=1 t "$DOCKER" build -q -t b "$1"; }
-warm_docker() { DOCKER_BUILDKIT=1 t "$DOCKER" build -q -t b "$1"; }
+                DOCKER_BUILDKIT=1 t "$DOCKER" build --network host -q -t b "$1"; }
+warm_docker() { DOCKER_BUILDKIT=1 t "$DOCKER" build --network host -q -t b "$1"; }
 cold_buildah() { buildah "${BS[@]}" rmi -f b >/dev/null 2>&1 || true; buildah "${BS[@]}" rmi --prune >/dev/null 2>&1 || true
                  t buildah "${BS[@]}" bud -q --layers --isolation chroot --pull-never -t b "$1"; }
 warm_buildah() { t buildah "${BS[@]}" bud -q --layers --isolation chroot --pull-never -t b "$1"; }

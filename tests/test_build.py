@@ -388,3 +388,30 @@ def test_tty_progress_draws_a_bar_and_keeps_the_tail(store, tmp_path):
     text = stream.getvalue()
     assert "#1 [stage-0 2/2] RUN echo" in text and "DONE 0.5s" in text
     assert view.tail(FakeStep) == ["line one", "line two"]  # type: ignore[arg-type]
+
+
+def test_snapshot_written_with_a_copy_layer_is_what_unpacking_the_layer_gives(store, tmp_path, capsys):
+    """COPY writes its layer's snapshot itself (as root); it must equal the blob unpacked."""
+    from buildpy.cas.unpack import unpack_blob
+    from buildpy.sandbox import snapshots
+    from tests.buildcases import tree
+
+    if os.geteuid() != 0:
+        pytest.skip("the snapshot is written with the layer only as root")
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nCOPY --chown=app:staff . /app/\n",
+                                   "a.txt": "a" * 10000, "d/b.txt": "b", "d/e/c.txt": ""})
+    os.symlink("a.txt", ctx / "link")
+    os.link(ctx / "a.txt", ctx / "hard")
+    (ctx / "d").chmod(0o750)
+    assert build(store, ctx, "-t", "s", capsys=capsys)[0] == 0
+    image = resolve(store, "s")[1]
+    layer, diff_id = image.layers[-1], image.diff_ids[-1]
+    written = snapshots.snapshot_path(store, diff_id)
+    assert written.is_dir()
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    unpacked.chmod(0o755)
+    unpack_blob(store, layer, unpacked, whiteouts="overlay")
+    ours, theirs = tree(written), tree(unpacked)
+    assert ours == theirs
+    assert os.stat(written / "app" / "a.txt").st_ino == os.stat(written / "app" / "hard").st_ino

@@ -35,10 +35,9 @@ from typing import BinaryIO
 from buildpy.grammar.flags import parse_chmod
 from buildpy.planner.context import Entry, Selection
 from buildpy.sandbox import snapshots
-from buildpy.sandbox.diff import _ChunkStream
+from buildpy.sandbox.diff import _ChunkStream, file_data
 
 _CHUNK = 1 << 20
-_MAX_LINKS = 40
 
 
 class CopyError(Exception):
@@ -105,28 +104,20 @@ class _Image:
     def resolve(self, path: str) -> str:
         """`path` with the image's symlinks on the way (and at its end) followed, as if the
         image's root were `/`; the part that does not exist is kept as written."""
-        todo = [p for p in path.split("/") if p and p != "."]
-        done: list[str] = []
-        links = 0
-        while todo:
-            part = todo.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            rel = "/".join(done + [part])
+        from buildpy.planner.context import resolve_scoped
+
+        def kind(rel: str) -> tuple[str, str]:
             entry = self.lookup(rel)
-            if entry is not None and stat.S_ISLNK(entry.st.st_mode):
-                links += 1
-                if links > _MAX_LINKS:
-                    raise CopyError(f"too many levels of symbolic links in the destination /{path}")
-                target = os.readlink(entry.path)
-                if target.startswith("/"):
-                    done = []
-                todo = [p for p in target.split("/") if p and p != "."] + todo
-                continue
-            done.append(part)
-        return "/".join(done)
+            if entry is None:
+                return "", ""
+            if stat.S_ISLNK(entry.st.st_mode):
+                return "link", os.readlink(entry.path)
+            return ("dir" if entry.is_dir else "other"), ""
+
+        try:
+            return resolve_scoped(path, kind) or ""
+        except RecursionError:
+            raise CopyError(f"too many levels of symbolic links in the destination /{path}") from None
 
     def text(self, rel: str) -> str | None:
         entry = self.lookup(rel)
@@ -333,7 +324,10 @@ class _Layer:
 
     # --- the tar -----------------------------------------------------------------------------
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self, snapshot: Path | None = None) -> Iterator[bytes]:
+        """The tar; with `snapshot`, the same entries are written there as files too (the
+        layer's snapshot, made without reading the tar back)."""
+        writer = _SnapshotWriter(snapshot) if snapshot is not None else None
         try:
             for path in sorted(self.out, key=lambda p: p.encode("utf-8", "surrogateescape")):
                 o = self.out[path]
@@ -353,30 +347,93 @@ class _Layer:
                 else:
                     ti.size = o.size
                 yield ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+                if writer is not None:
+                    writer.entry(path, o)
                 if o.kind == "file":
-                    yield from _data(o)
+                    for chunk in _data(o):
+                        if writer is not None:
+                            writer.data(chunk)
+                        yield chunk
+            if writer is not None:
+                writer.close()
             yield b"\0" * (2 * tarfile.BLOCKSIZE)
         finally:
             if self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def stream(self) -> BinaryIO:
-        return io.BufferedReader(_ChunkStream(self.chunks()), _CHUNK)  # type: ignore[return-value]
+    def stream(self, snapshot: Path | None = None) -> BinaryIO:
+        return io.BufferedReader(_ChunkStream(self.chunks(snapshot)), _CHUNK)  # type: ignore[return-value]
+
+
+class _SnapshotWriter:
+    """Writes a layer's entries as files under `root` while the tar is made: the snapshot in
+    overlay form (a COPY makes no whiteouts). Needs root, for the owners; directories get their
+    mode and time after what they hold is written."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.fspath(root)
+        self.fd: int | None = None
+        self.left = 0
+        self.dirs: list[tuple[str, _Out]] = []
+        self.pending: tuple[str, _Out] | None = None
+
+    def entry(self, path: str, o: _Out) -> None:
+        self._finish_file()
+        full = os.path.join(self.root, path)
+        if o.kind == "dir":
+            os.makedirs(full, 0o700, exist_ok=True)
+            os.chown(full, o.uid, o.gid)
+            self.dirs.append((full, o))
+            return
+        if o.kind == "file":
+            self.fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self.pending = (full, o)
+            self.left = o.size
+            return
+        if o.kind == "symlink":
+            os.symlink(o.linkname, full)
+        elif o.kind == "hardlink":
+            os.link(os.path.join(self.root, o.linkname), full, follow_symlinks=False)
+            return
+        elif o.kind == "fifo":
+            os.mkfifo(full, 0o600)
+        else:
+            kind = stat.S_IFCHR if o.kind == "char" else stat.S_IFBLK
+            os.mknod(full, kind | 0o600, o.rdev)
+        os.chown(full, o.uid, o.gid, follow_symlinks=False)
+        if o.kind != "symlink":
+            os.chmod(full, o.mode)
+        os.utime(full, (o.mtime, o.mtime), follow_symlinks=False)
+
+    def data(self, chunk: bytes) -> None:
+        if self.fd is not None and self.left:
+            data = chunk[: self.left]  # not the tar's padding after it
+            self.left -= len(data)
+            while data:
+                data = data[os.write(self.fd, data):]
+
+    def _finish_file(self) -> None:
+        if self.fd is None or self.pending is None:
+            return
+        full, o = self.pending
+        os.fchown(self.fd, o.uid, o.gid)
+        os.fchmod(self.fd, o.mode)
+        os.utime(self.fd, (o.mtime, o.mtime))
+        os.close(self.fd)
+        self.fd, self.pending = None, None
+
+    def close(self) -> None:
+        self._finish_file()
+        for full, o in reversed(self.dirs):
+            os.chmod(full, o.mode)
+            os.utime(full, (o.mtime, o.mtime))
 
 
 def _data(o: _Out) -> Iterator[bytes]:
-    if isinstance(o.data, bytes):
-        yield o.data
-    else:
-        left = o.size
-        fd = os.open(o.data, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # type: ignore[arg-type]
-        with open(fd, "rb", buffering=0) as f:
-            while left:
-                chunk = f.read(min(left, _CHUNK))
-                if not chunk:
-                    raise CopyError(f"{o.data} shrank while it was being copied")
-                left -= len(chunk)
-                yield chunk
+    if not isinstance(o.data, bytes):
+        yield from file_data(o.data, o.size)  # type: ignore[arg-type]
+        return
+    yield o.data
     if o.size % tarfile.BLOCKSIZE:
         yield b"\0" * (tarfile.BLOCKSIZE - o.size % tarfile.BLOCKSIZE)
 
@@ -421,9 +478,11 @@ def _is_archive(path: str) -> bool:
 # --- the entry points --------------------------------------------------------------------------
 
 
-def copy_layer(selection: Selection, root: Path, spec: CopySpec, lowers: Sequence[Path]) -> BinaryIO:
+def copy_layer(selection: Selection, root: Path, spec: CopySpec, lowers: Sequence[Path],
+               snapshot: Path | None = None) -> BinaryIO:
     """The uncompressed layer tar this COPY/ADD adds on top of the image whose snapshots are
-    `lowers` (topmost first; empty for scratch or --link)."""
+    `lowers` (topmost first; empty for scratch or --link); with `snapshot`, its entries are
+    written there as files too (see `_SnapshotWriter`)."""
     layer = _Layer(spec, lowers)
     dest, as_dir = destination(spec)
     sources = {m.source for m in selection.matches}
@@ -460,7 +519,7 @@ def copy_layer(selection: Selection, root: Path, spec: CopySpec, lowers: Sequenc
         if not target:
             raise CopyError(f"cannot copy {m.source} to /")
         layer.put(layer.image.resolve(target) if into_dir else target, m.entry, root_s)
-    return layer.stream()
+    return layer.stream(snapshot)
 
 
 def _copy_children(layer: _Layer, children: Sequence[Entry], base: str, target_dir: str, root: str) -> None:
@@ -483,7 +542,8 @@ def _parents_path(source: str, matched: str) -> str:
     return matched
 
 
-def copy_inline_layer(files: Sequence[tuple[str, bytes]], spec: CopySpec, lowers: Sequence[Path]) -> BinaryIO:
+def copy_inline_layer(files: Sequence[tuple[str, bytes]], spec: CopySpec, lowers: Sequence[Path],
+                      snapshot: Path | None = None) -> BinaryIO:
     """COPY <<EOF: each here-document becomes a file (0644, root's unless --chown)."""
     layer = _Layer(spec, lowers)
     dest, as_dir = destination(spec)
@@ -501,4 +561,4 @@ def copy_inline_layer(files: Sequence[tuple[str, bytes]], spec: CopySpec, lowers
             layer.ensure_dir(parent)
         uid, gid = layer.owner if layer.owner is not None else (0, 0)
         layer.out[target] = _Out("file", layer.mode(0o644, "file"), uid, gid, mtime, data=data, size=len(data))
-    return layer.stream()
+    return layer.stream(snapshot)

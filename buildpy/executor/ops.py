@@ -6,6 +6,7 @@ nothing.
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import stat
 import tarfile
@@ -132,8 +133,8 @@ def _filtered_context(ex: _Execution, selection) -> Path:  # noqa: ANN001 - plan
 
 
 def _copy(ex: _Execution, step: Step, state: StageState) -> Layer | None:
-    from buildpy.executor.copy import CopySpec, copy_inline_layer, copy_layer
-    from buildpy.planner.context import ContextReader
+    from buildpy.executor.copy import CopySpec
+    from buildpy.sandbox import snapshots
 
     ins = step.instruction
     assert isinstance(ins, FileCopy)
@@ -152,26 +153,43 @@ def _copy(ex: _Execution, step: Step, state: StageState) -> Layer | None:
         from_context=step.from_stage is None and step.from_image is None,
         source_date_epoch=ex.plan.source_date_epoch,
     )
-    with ex.lowers(state) as lowers:
-        if spec.link:
-            lowers = ()
-        if ins.inline:
-            files = [(s.name, s.data.encode("utf-8", "surrogateescape")) for s in ins.inline]
-            tar = copy_inline_layer(files, spec, lowers)
-            layer = add_layer(ex.store, tar, ex.options.compression)
-            if not ins.sources:
-                return layer
-            raise AssertionError("heredoc and file sources together")  # the grammar keeps them apart
-        if step.selection is not None:
-            root = step.source_root or ex.plan.context_reader.root
-            selection = step.selection
-        else:
-            root = ex.stage_root(step.from_stage) if step.from_stage is not None else ex.image_root(
-                step.from_image)  # type: ignore[arg-type]
-            what = "ADD" if is_add else "COPY"
-            selection = ContextReader(root).select(ins.sources, excludes=ins.excludes, what=what)
-        tar = copy_layer(selection, root, spec, lowers)
+    # as root the snapshot the next steps need is written with the layer, not unpacked from it
+    snapshot = snapshots.new_dir(ex.store) if os.geteuid() == 0 else None
+    try:
+        with ex.lowers(state) as lowers:
+            layer = _copy_in(ex, step, spec, lowers, snapshot)
+    except BaseException:
+        if snapshot is not None:
+            snapshots.remove_tree(snapshot)
+        raise
+    if snapshot is not None:
+        snapshots.publish(ex.store, layer.diff_id, snapshot)
+    return layer
+
+
+def _copy_in(ex: _Execution, step: Step, spec, lowers, snapshot: Path | None) -> Layer:  # noqa: ANN001
+    from buildpy.executor.copy import copy_inline_layer, copy_layer
+    from buildpy.planner.context import ContextReader
+
+    ins = step.instruction
+    assert isinstance(ins, FileCopy)
+    is_add = isinstance(ins, Add)
+    if spec.link:
+        lowers = ()
+    if ins.inline:
+        files = [(s.name, s.data.encode("utf-8", "surrogateescape")) for s in ins.inline]
+        tar = copy_inline_layer(files, spec, lowers, snapshot)
         return add_layer(ex.store, tar, ex.options.compression)
+    if step.selection is not None:
+        root = step.source_root or ex.plan.context_reader.root
+        selection = step.selection
+    else:
+        root = ex.stage_root(step.from_stage) if step.from_stage is not None else ex.image_root(
+            step.from_image)  # type: ignore[arg-type]
+        what = "ADD" if is_add else "COPY"
+        selection = ContextReader(root).select(ins.sources, excludes=ins.excludes, what=what)
+    tar = copy_layer(selection, root, spec, lowers, snapshot)
+    return add_layer(ex.store, tar, ex.options.compression)
 
 
 # --- WORKDIR -----------------------------------------------------------------------------------

@@ -43,8 +43,12 @@ class Progress:
             tail = self._tails.setdefault(step.number, [])
             tail.extend(lines)
             del tail[:-_TAIL_LINES]
-            for line in lines:
-                self._line(f"#{step.number} {line.decode('utf-8', 'replace')}")
+            self._show_output(step, lines)
+
+    def _show_output(self, step: Step, lines: list[bytes]) -> None:
+        """Show a step's new output lines (called with the lock held)."""
+        for line in lines:
+            self._line(f"#{step.number} {line.decode('utf-8', 'replace')}")
 
     def done(self, step: Step, seconds: float) -> None:
         self._flush(step)
@@ -64,11 +68,10 @@ class Progress:
 
     def _flush(self, step: Step) -> None:
         with self.lock:
-            rest = self._partial.get(step.number, b"")
+            rest = self._partial.pop(step.number, b"")
             if rest:
                 self._tails.setdefault(step.number, []).append(rest)
-                self._partial[step.number] = b""
-                self._line(f"#{step.number} {rest.decode('utf-8', 'replace')}")
+                self._show_output(step, [rest])
 
     def _line(self, text: str) -> None:
         """Show one line (called with the lock held); the quiet view shows none."""
@@ -120,22 +123,9 @@ class TtyProgress(PlainProgress):
     def _line(self, text: str) -> None:
         self._tqdm.write(text, file=self.stream)
 
-    def output(self, step: Step, data: bytes) -> None:
-        with self.lock:
-            buf = self._partial.get(step.number, b"") + data
-            *lines, rest = buf.split(b"\n")
-            self._partial[step.number] = rest
-            tail = self._tails.setdefault(step.number, [])
-            tail.extend(lines)
-            del tail[:-_TAIL_LINES]
-            if lines:
-                self.bar.set_description_str(f"#{step.number} {lines[-1].decode('utf-8', 'replace')[:60]}")
-
-    def _flush(self, step: Step) -> None:
-        with self.lock:
-            rest = self._partial.pop(step.number, b"")
-            if rest:
-                self._tails.setdefault(step.number, []).append(rest)
+    def _show_output(self, step: Step, lines: list[bytes]) -> None:
+        if lines:
+            self.bar.set_description_str(f"#{step.number} {lines[-1].decode('utf-8', 'replace')[:60]}")
 
     def cached(self, step: Step) -> None:
         super().cached(step)

@@ -61,7 +61,7 @@ import posixpath  # noqa: E402
 import re  # noqa: E402
 import stat  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Mapping, Sequence  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import blake3  # noqa: E402
@@ -151,33 +151,20 @@ class ContextReader:
     def _resolve(self, rel: str, follow_last: bool) -> str | None:
         """`rel` with symlinks resolved as if the root were `/` (never above it); None when
         it does not exist."""
-        todo = [p for p in rel.split("/") if p and p != "."]
-        done: list[str] = []
-        links = 0
-        while todo:
-            part = todo.pop(0)
-            if part == "..":
-                if done:
-                    done.pop()
-                continue
-            cand = "/".join(done + [part])
+
+        def kind(cand: str) -> tuple[str, str]:
             try:
                 st = os.lstat(os.path.join(self._root, cand))
             except (FileNotFoundError, NotADirectoryError):
-                return None
-            if stat.S_ISLNK(st.st_mode) and (todo or follow_last):
-                links += 1
-                if links > _MAX_LINKS:
-                    raise ContextError(f"too many levels of symbolic links: {rel}")
-                target = os.readlink(os.path.join(self._root, cand))
-                if target.startswith("/"):
-                    done = []
-                todo = [p for p in target.split("/") if p and p != "."] + todo
-                continue
-            if todo and not stat.S_ISDIR(st.st_mode):
-                return None
-            done.append(part)
-        return "/".join(done)
+                return "", ""
+            if stat.S_ISLNK(st.st_mode):
+                return "link", os.readlink(os.path.join(self._root, cand))
+            return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), ""
+
+        try:
+            return resolve_scoped(rel, kind, follow_last=follow_last, missing_ok=False)
+        except RecursionError:
+            raise ContextError(f"too many levels of symbolic links: {rel}") from None
 
     def _ignored(self, rel: str) -> bool:
         return bool(rel) and self.ignore is not None and self.ignore.matches(rel)
@@ -279,6 +266,55 @@ class ContextReader:
             except OSError:
                 pass
             raise
+
+
+def resolve_scoped(path: str, kind: Callable[[str], tuple[str, str]], *, follow_last: bool = True,
+                   missing_ok: bool = True) -> str | None:
+    """`path` resolved as a chroot would: each symlink on the way (and at the end, with
+    `follow_last`) replaced by its target, an absolute target starting again at the root, `..`
+    stopping there. `kind(rel)` says what is at `rel`: ("link", target), ("dir", ""),
+    ("other", "") or ("", "") when nothing is. What does not exist is kept as written when
+    `missing_ok`, else the answer is None. RecursionError past 40 links."""
+    todo = [p for p in path.split("/") if p and p != "."]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        what, target = kind("/".join(done + [part]))
+        if what == "":
+            if not missing_ok:
+                return None
+            done.append(part)
+            done.extend(p for p in todo if p and p != ".")
+            return "/".join(_clean_dots(done))
+        if what == "link" and (todo or follow_last):
+            links += 1
+            if links > _MAX_LINKS:
+                raise RecursionError(path)
+            if target.startswith("/"):
+                done = []
+            todo = [p for p in target.split("/") if p and p != "."] + todo
+            continue
+        if todo and what != "dir":
+            if not missing_ok:
+                return None
+        done.append(part)
+    return "/".join(done)
+
+
+def _clean_dots(parts: list[str]) -> list[str]:
+    out: list[str] = []
+    for p in parts:
+        if p == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(p)
+    return out
 
 
 def _escapes(source: str) -> bool:

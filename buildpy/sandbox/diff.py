@@ -377,13 +377,14 @@ def iter_tar(
             first_name.setdefault(key, c.path)
         yield ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         if ti.type == tarfile.REGTYPE:
-            yield from _file_data(c.source, st.st_size)
+            yield from file_data(c.source, st.st_size)
         if c.opaque:
             yield marker(f"{c.path}/{OPAQUE_NAME}", c.path)
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
-def _file_data(path: Path, size: int) -> Iterator[bytes]:
+def file_data(path: Path | str, size: int) -> Iterator[bytes]:
+    """A regular file's `size` bytes in chunks, then the tar padding after them."""
     left = size
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with open(fd, "rb", buffering=0) as f:

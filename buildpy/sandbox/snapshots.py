@@ -158,6 +158,25 @@ def ensure(store: Store, layer: Descriptor, diff_id: str, *, unpacker: Unpacker 
     return final
 
 
+def new_dir(store: Store) -> Path:
+    """A temp dir (in the store's tmp, so `publish` is a rename) for a snapshot written by
+    someone who has the layer's files at hand."""
+    tmp = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="snapshot-new-"))
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
+def publish(store: Store, diff_id: str, tmp: Path) -> bool:
+    """Make `tmp` (from `new_dir`, holding exactly the layer `diff_id`) its snapshot, unless
+    one exists already; `tmp` is gone afterwards either way."""
+    final = snapshot_path(store, diff_id)
+    final.parent.mkdir(exist_ok=True)
+    if final.exists() or not rename_noreplace(tmp, final):
+        remove_tree(tmp)
+        return False
+    return True
+
+
 def _unpack_checked(store: Store, layer: Descriptor, diff_id: str, target: Path, unpacker: Unpacker | None) -> None:
     """Unpack the blob while hashing its uncompressed bytes: a snapshot is named by its diffID,
     so content that is not that diffID must never be published under it."""
