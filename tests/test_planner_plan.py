@@ -65,11 +65,11 @@ def test_proxy_args_need_no_declaration_and_stay_out_of_keys_and_history(store, 
 
 
 def test_platform_args_are_global_and_declared_in_stages(store, tmp_path):
-    plan = plan_of(store, tmp_path, "FROM busybox\nARG TARGETARCH\nARG BUILDPLATFORM\nRUN echo\n",
-                   platform="linux/arm64/v8")
-    env = run_env(plan)
-    assert env["TARGETARCH"] == "arm64"
-    assert env["BUILDPLATFORM"].startswith("linux/")
+    plan = plan_of(store, tmp_path, "FROM busybox\nARG TARGETARCH\nARG TARGETVARIANT\nARG BUILDPLATFORM\n"
+                   "ENV T=$TARGETARCH V=$TARGETVARIANT B=$BUILDPLATFORM\n", platform="linux/arm64/v8")
+    env = dict(e.split("=", 1) for e in final_config(plan)["Env"])
+    assert env["T"] == "arm64" and env["V"] == "v8"
+    assert env["B"].startswith("linux/")
 
 
 def test_env_wins_over_arg_and_one_env_sees_the_values_before_it(store, tmp_path):
@@ -177,3 +177,13 @@ def test_onbuild_of_the_base_image_runs_first(store, tmp_path):
     plan = plan_of(store, tmp_path, "FROM parent\nRUN echo own\n")
     assert [s.argv[-1] for s in plan.steps()] == ["echo trigger", "echo own"]
     assert not final_config(plan).get("OnBuild")
+
+
+def test_unused_build_args_are_reported_and_foreign_platform_runs_refused(store, tmp_path):
+    plan = plan_of(store, tmp_path, "ARG G\nFROM busybox\nARG A\nRUN echo\n",
+                   build_args={"A": "1", "G": "2", "NOPE": "3", "HTTP_PROXY": "p"})
+    assert plan.unused_args == ("NOPE",)
+    with pytest.raises(DockerfileError, match="emulation"):
+        plan_of(store, tmp_path, "FROM --platform=linux/s390x busybox\nRUN echo\n")
+    plan_of(store, tmp_path, "FROM --platform=linux/s390x busybox\nCOPY --from=busybox /bin/sh /sh\n".replace(
+        "COPY --from=busybox /bin/sh /sh", "ENV A=1"))

@@ -171,6 +171,8 @@ def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: st
 
     reader = ContextReader(request.context, ignore=Matcher(patterns), stat_cache=store.root / "statcache" / ident)
     plan = make_plan(store, request, reader)
+    if plan.unused_args and progress != "quiet":
+        stream.write(f"warning: build-args not consumed by any ARG: {', '.join(plan.unused_args)}\n")
     previous = Previous(store, ident)
     steps = [s for s in plan.steps() if s.op != "meta"]
     view = make_progress(progress, len(steps), stream)

@@ -145,6 +145,7 @@ class Plan:
     context_reader: ContextReader
     temp_dirs: list[Path] = field(default_factory=list, compare=False)  # downloads, removed after the build
     bases: Mapping[str, str] = field(default_factory=dict)  # ref → manifest digest of the images it uses
+    unused_args: tuple[str, ...] = ()  # --build-arg names no ARG declared (BuildKit warns of them)
 
     def steps(self) -> list[Step]:
         return [step for i in self.order for step in self.stages[i].steps]
@@ -191,6 +192,7 @@ class _Planner:
         self.number = 0
         self.temp_dirs: list[Path] = []
         self.bases: dict[str, str] = {}  # ref → manifest digest of every image it resolved
+        self.used_args: set[str] = set(argslib.PROXY_ARGS) | {"SOURCE_DATE_EPOCH"}
 
     # --- the global scope ------------------------------------------------------------------
 
@@ -201,6 +203,7 @@ class _Planner:
                 value: str | None
                 if definition.name in self.build_args:
                     value = self.build_args[definition.name]
+                    self.used_args.add(definition.name)
                 elif definition.default is not None:
                     value = self._expand_word(arg, definition.default, scope)
                 else:
@@ -234,7 +237,8 @@ class _Planner:
             config["config"]["Labels"] = {**(config["config"].get("Labels") or {}), **self.request.labels}
             self.stages[target] = replace(final, config=config)
         return Plan(df, self.stages, tuple(s.index for s in needed), target, self.platform, self.epoch,
-                    self.reader, self.temp_dirs, self.bases)
+                    self.reader, self.temp_dirs, self.bases,
+                    tuple(sorted(set(self.build_args) - self.used_args)))
 
     def _base(self, stage: Stage) -> Base:
         if stage.base_stage is not None:
@@ -424,6 +428,7 @@ class _StageState:
             value: str | None
             if d.name in self.p.build_args:
                 value = self.p.build_args[d.name]
+                self.p.used_args.add(d.name)
             elif d.default is not None:
                 value = self.p._expand_word(ins, d.default, self.scope())
             elif d.name in self.p.global_args:
@@ -538,6 +543,11 @@ class _StageState:
         if ins.devices:
             raise DockerfileError("RUN --device is not supported by buildpy build (it needs the device "
                                   "entitlement of BuildKit's labs syntax)", ins.file, ins.line, ins.col)
+        platform = self.p._stage_platform(self.stage)
+        if platform.split("/")[:2] != host_platform().split("/")[:2]:
+            raise DockerfileError(f"RUN on platform {platform} needs emulation of another machine, which "
+                                  f"buildpy does not do (this machine is {host_platform()})",
+                                  ins.file, ins.line, ins.col)
         argv = list(ins.args)
         inline: tuple[tuple[str, bytes], ...] = ()
         if ins.heredocs:
