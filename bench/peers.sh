@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-5}"
 W="${BENCH_WORK:-/tmp/buildpy-peers-bench}"
+grep -o " $W[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true  # a killed run's buildah mounts
 rm -rf "$W"; mkdir -p "$W"
 BP="$PWD/.venv/bin/buildpy"
 unset PYTHONDONTWRITEBYTECODE  # an installed buildpy has its bytecode

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 ALGORITHM = "sha256"
@@ -28,6 +27,8 @@ def is_digest(text: str) -> bool:
 
 
 def of_bytes(data: bytes) -> str:
+    import hashlib  # here, not above: a command that only reads the store never pays for OpenSSL
+
     return f"{ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
 
 
@@ -37,6 +38,8 @@ class Hasher:
     __slots__ = ("_h", "size")
 
     def __init__(self) -> None:
+        import hashlib
+
         self._h = hashlib.sha256()
         self.size = 0
 

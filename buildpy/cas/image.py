@@ -6,9 +6,7 @@ resolves to the manifest for one platform, linux/amd64 unless asked otherwise.
 
 from __future__ import annotations
 
-import platform as _platform
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from buildpy.cas.media import (
@@ -25,6 +23,8 @@ from buildpy.cas.store import Store, StoreError, canonical_json
 
 
 def host_platform() -> str:
+    import platform as _platform  # here: the no-change build path never needs it
+
     machine = _platform.machine().lower()
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
     return f"linux/{arch}"
@@ -135,6 +135,8 @@ def children(store: Store, descriptor: Descriptor) -> list[Descriptor]:
 
 
 def now_rfc3339() -> str:
+    from datetime import datetime, timezone
+
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

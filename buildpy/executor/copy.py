@@ -191,7 +191,7 @@ def apply_chmod(mode: int, chmod: int | str, is_dir: bool) -> int:
 # --- building the entry list -------------------------------------------------------------------
 
 
-class _Layer:
+class CopyLayer:
     def __init__(self, spec: CopySpec, lowers: Sequence[Path]) -> None:
         self.spec = spec
         self.image = _Image(() if spec.link else lowers)
@@ -324,45 +324,59 @@ class _Layer:
 
     # --- the tar -----------------------------------------------------------------------------
 
-    def chunks(self, snapshot: Path | None = None) -> Iterator[bytes]:
-        """The tar; with `snapshot`, the same entries are written there as files too (the
-        layer's snapshot, made without reading the tar back)."""
-        writer = _SnapshotWriter(snapshot) if snapshot is not None else None
-        try:
-            for path in sorted(self.out, key=lambda p: p.encode("utf-8", "surrogateescape")):
-                o = self.out[path]
-                ti = tarfile.TarInfo(path)
-                ti.mode, ti.uid, ti.gid, ti.mtime = o.mode, o.uid, o.gid, o.mtime
-                if o.kind == "dir":
-                    ti.type = tarfile.DIRTYPE
-                elif o.kind == "symlink":
-                    ti.type, ti.linkname = tarfile.SYMTYPE, o.linkname
-                elif o.kind == "hardlink":
-                    ti.type, ti.linkname = tarfile.LNKTYPE, o.linkname
-                elif o.kind == "fifo":
-                    ti.type = tarfile.FIFOTYPE
-                elif o.kind in ("char", "block"):
-                    ti.type = tarfile.CHRTYPE if o.kind == "char" else tarfile.BLKTYPE
-                    ti.devmajor, ti.devminor = os.major(o.rdev), os.minor(o.rdev)
-                else:
-                    ti.size = o.size
-                yield ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-                if writer is not None:
-                    writer.entry(path, o)
-                if o.kind == "file":
-                    for chunk in _data(o):
-                        if writer is not None:
-                            writer.data(chunk)
-                        yield chunk
-            if writer is not None:
-                writer.close()
-            yield b"\0" * (2 * tarfile.BLOCKSIZE)
-        finally:
-            if self.tmp is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+    def paths(self) -> list[str]:
+        return sorted(self.out, key=lambda p: p.encode("utf-8", "surrogateescape"))
 
-    def stream(self, snapshot: Path | None = None) -> BinaryIO:
-        return io.BufferedReader(_ChunkStream(self.chunks(snapshot)), _CHUNK)  # type: ignore[return-value]
+    def chunks(self) -> Iterator[bytes]:
+        """The layer tar."""
+        for path in self.paths():
+            o = self.out[path]
+            ti = tarfile.TarInfo(path)
+            ti.mode, ti.uid, ti.gid, ti.mtime = o.mode, o.uid, o.gid, o.mtime
+            if o.kind == "dir":
+                ti.type = tarfile.DIRTYPE
+            elif o.kind == "symlink":
+                ti.type, ti.linkname = tarfile.SYMTYPE, o.linkname
+            elif o.kind == "hardlink":
+                ti.type, ti.linkname = tarfile.LNKTYPE, o.linkname
+            elif o.kind == "fifo":
+                ti.type = tarfile.FIFOTYPE
+            elif o.kind in ("char", "block"):
+                ti.type = tarfile.CHRTYPE if o.kind == "char" else tarfile.BLKTYPE
+                ti.devmajor, ti.devminor = os.major(o.rdev), os.minor(o.rdev)
+            else:
+                ti.size = o.size
+            yield ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            if o.kind == "file":
+                yield from _data(o)
+        yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+    def tar(self) -> BinaryIO:
+        """The layer tar as a stream (made lazily, reproducible)."""
+        return io.BufferedReader(_ChunkStream(self.chunks()), _CHUNK)  # type: ignore[return-value]
+
+    def write_snapshot(self, root: Path) -> None:
+        """The same entries written under `root` as files: the layer's snapshot, made without
+        reading the tar back (root only: it sets owners). Done after the tar, not beside it:
+        file creation here is several times slower while the compressors hold the cores."""
+        writer = _SnapshotWriter(root)
+        for path in self.paths():
+            o = self.out[path]
+            writer.entry(path, o)
+            if o.kind == "file":
+                if isinstance(o.data, bytes):
+                    writer.data(o.data)
+                else:
+                    with open(o.data, "rb", buffering=0) as f:  # type: ignore[arg-type]
+                        while chunk := f.read(_CHUNK):
+                            writer.data(chunk)
+        writer.close()
+
+    def close(self) -> None:
+        """Remove what extracting archives left in temp files."""
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
 
 
 class _SnapshotWriter:
@@ -478,12 +492,10 @@ def _is_archive(path: str) -> bool:
 # --- the entry points --------------------------------------------------------------------------
 
 
-def copy_layer(selection: Selection, root: Path, spec: CopySpec, lowers: Sequence[Path],
-               snapshot: Path | None = None) -> BinaryIO:
-    """The uncompressed layer tar this COPY/ADD adds on top of the image whose snapshots are
-    `lowers` (topmost first; empty for scratch or --link); with `snapshot`, its entries are
-    written there as files too (see `_SnapshotWriter`)."""
-    layer = _Layer(spec, lowers)
+def copy_layer(selection: Selection, root: Path, spec: CopySpec, lowers: Sequence[Path]) -> CopyLayer:
+    """What this COPY/ADD adds on top of the image whose snapshots are `lowers` (topmost first;
+    empty for scratch or --link): its entries, to write as a tar and as a snapshot; `close` it."""
+    layer = CopyLayer(spec, lowers)
     dest, as_dir = destination(spec)
     sources = {m.source for m in selection.matches}
     many = len(selection.matches) > 1
@@ -519,10 +531,10 @@ def copy_layer(selection: Selection, root: Path, spec: CopySpec, lowers: Sequenc
         if not target:
             raise CopyError(f"cannot copy {m.source} to /")
         layer.put(layer.image.resolve(target) if into_dir else target, m.entry, root_s)
-    return layer.stream(snapshot)
+    return layer
 
 
-def _copy_children(layer: _Layer, children: Sequence[Entry], base: str, target_dir: str, root: str) -> None:
+def _copy_children(layer: CopyLayer, children: Sequence[Entry], base: str, target_dir: str, root: str) -> None:
     cut = len(base) + 1 if base else 0
     for child in children:
         rel = child.rel[cut:]
@@ -542,10 +554,9 @@ def _parents_path(source: str, matched: str) -> str:
     return matched
 
 
-def copy_inline_layer(files: Sequence[tuple[str, bytes]], spec: CopySpec, lowers: Sequence[Path],
-                      snapshot: Path | None = None) -> BinaryIO:
+def copy_inline_layer(files: Sequence[tuple[str, bytes]], spec: CopySpec, lowers: Sequence[Path]) -> CopyLayer:
     """COPY <<EOF: each here-document becomes a file (0644, root's unless --chown)."""
-    layer = _Layer(spec, lowers)
+    layer = CopyLayer(spec, lowers)
     dest, as_dir = destination(spec)
     if len(files) > 1 and not as_dir:
         raise CopyError("When using COPY with more than one source file, the destination must be a directory "
@@ -561,4 +572,4 @@ def copy_inline_layer(files: Sequence[tuple[str, bytes]], spec: CopySpec, lowers
             layer.ensure_dir(parent)
         uid, gid = layer.owner if layer.owner is not None else (0, 0)
         layer.out[target] = _Out("file", layer.mode(0o644, "file"), uid, gid, mtime, data=data, size=len(data))
-    return layer.stream(snapshot)
+    return layer

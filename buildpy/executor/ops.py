@@ -153,21 +153,25 @@ def _copy(ex: _Execution, step: Step, state: StageState) -> Layer | None:
         from_context=step.from_stage is None and step.from_image is None,
         source_date_epoch=ex.plan.source_date_epoch,
     )
-    # as root the snapshot the next steps need is written with the layer, not unpacked from it
-    snapshot = snapshots.new_dir(ex.store) if os.geteuid() == 0 else None
+    with ex.lowers(state) as lowers:
+        entries = _copy_entries(ex, step, spec, lowers)
     try:
-        with ex.lowers(state) as lowers:
-            layer = _copy_in(ex, step, spec, lowers, snapshot)
-    except BaseException:
-        if snapshot is not None:
-            snapshots.remove_tree(snapshot)
-        raise
-    if snapshot is not None:
-        snapshots.publish(ex.store, layer.diff_id, snapshot)
+        layer = add_layer(ex.store, entries.tar(), ex.options.compression)
+        # as root the snapshot the next steps need is written from the entries, not unpacked
+        if os.geteuid() == 0 and not snapshots.snapshot_path(ex.store, layer.diff_id).exists():
+            snapshot = snapshots.new_dir(ex.store)
+            try:
+                entries.write_snapshot(snapshot)
+            except BaseException:
+                snapshots.remove_tree(snapshot)
+                raise
+            snapshots.publish(ex.store, layer.diff_id, snapshot)
+    finally:
+        entries.close()
     return layer
 
 
-def _copy_in(ex: _Execution, step: Step, spec, lowers, snapshot: Path | None) -> Layer:  # noqa: ANN001
+def _copy_entries(ex: _Execution, step: Step, spec, lowers):  # noqa: ANN001, ANN202 - copy.CopyLayer
     from buildpy.executor.copy import copy_inline_layer, copy_layer
     from buildpy.planner.context import ContextReader
 
@@ -178,8 +182,7 @@ def _copy_in(ex: _Execution, step: Step, spec, lowers, snapshot: Path | None) ->
         lowers = ()
     if ins.inline:
         files = [(s.name, s.data.encode("utf-8", "surrogateescape")) for s in ins.inline]
-        tar = copy_inline_layer(files, spec, lowers, snapshot)
-        return add_layer(ex.store, tar, ex.options.compression)
+        return copy_inline_layer(files, spec, lowers)
     if step.selection is not None:
         root = step.source_root or ex.plan.context_reader.root
         selection = step.selection
@@ -188,8 +191,7 @@ def _copy_in(ex: _Execution, step: Step, spec, lowers, snapshot: Path | None) ->
             step.from_image)  # type: ignore[arg-type]
         what = "ADD" if is_add else "COPY"
         selection = ContextReader(root).select(ins.sources, excludes=ins.excludes, what=what)
-    tar = copy_layer(selection, root, spec, lowers, snapshot)
-    return add_layer(ex.store, tar, ex.options.compression)
+    return copy_layer(selection, root, spec, lowers)
 
 
 # --- WORKDIR -----------------------------------------------------------------------------------

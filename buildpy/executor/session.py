@@ -115,18 +115,11 @@ def build(
     progress: str = "auto",
     stream: TextIO | None = None,
 ) -> BuildResult:
-    from buildpy.cas.reference import InvalidReference, parse
     from buildpy.planner import fastpath
     from buildpy.planner.dockerignore import read_patterns
 
     if not request.context.is_dir():
         raise OptionError(f"the build context {request.context} is not a directory")
-    names = []
-    for tag in tags:
-        try:
-            names.append(parse(tag, allow_digest=False).name)
-        except InvalidReference as e:
-            raise OptionError(f"invalid tag {tag!r}: {e}") from None
     stream = stream or sys.stderr
     ident = identity(request)
     patterns = read_patterns(request.context, request.dockerfile)
@@ -138,11 +131,25 @@ def build(
             dockerfile = b""  # the planner says what is wrong with it
         fingerprint = fastpath.fingerprint(request, dockerfile, patterns)
         remembered = fastpath.recall(store, ident, fingerprint)
-        if remembered is not None:
+        if remembered is not None and all(tag in remembered.names for tag in tags):
             result = _remembered(store, remembered, progress, stream)
-            return _finish(store, result, names, outputs)
-    result = _build(store, request, options, ident, patterns, fingerprint, progress, stream)
-    return _finish(store, result, names, outputs)
+            return _finish(store, result, [remembered.names[tag] for tag in tags], outputs)
+    names = tag_names(tags)
+    result = _build(store, request, options, ident, patterns, fingerprint, progress, stream, names)
+    return _finish(store, result, list(names.values()), outputs)
+
+
+def tag_names(tags: Sequence[str]) -> dict[str, str]:
+    """Each `-t` as the store names it (docker.io/library/app:1 for app:1)."""
+    from buildpy.cas.reference import InvalidReference, parse
+
+    names = {}
+    for tag in tags:
+        try:
+            names[tag] = parse(tag, allow_digest=False).name
+        except InvalidReference as e:
+            raise OptionError(f"invalid tag {tag!r}: {e}") from None
+    return names
 
 
 def _remembered(store: Store, remembered, progress: str, stream: TextIO) -> BuildResult:  # noqa: ANN001
@@ -160,7 +167,7 @@ def _remembered(store: Store, remembered, progress: str, stream: TextIO) -> Buil
 
 
 def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: str, patterns: list[str],
-           fingerprint: str, progress: str, stream: TextIO) -> BuildResult:
+           fingerprint: str, progress: str, stream: TextIO, names: dict[str, str]) -> BuildResult:
     from buildpy.executor.build import execute
     from buildpy.executor.progress import make_progress
     from buildpy.planner import fastpath
@@ -186,7 +193,7 @@ def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: st
     previous.save(store, plan)
     if fingerprint and not plan.temp_dirs:
         fastpath.remember(store, ident, fingerprint, result.image.manifest_descriptor.to_json(), dict(plan.bases),
-                          [s.label for s in steps])
+                          [s.label for s in steps], names)
     else:
         fastpath.forget(store, ident)
     return result

@@ -34,6 +34,7 @@ VERSION = 1
 class Remembered:
     manifest: dict[str, Any]  # the image's manifest descriptor, as stored
     steps: list[str]  # the labels of its filesystem steps, for the progress lines
+    names: dict[str, str]  # the tags it was given, as the store names them
 
 
 def fingerprint(request: BuildRequest, dockerfile: bytes, patterns: list[str]) -> str:
@@ -100,14 +101,14 @@ def recall(store: Store, ident: str, fp: str) -> Remembered | None:
             for name, digest in obj["bases"].items():
                 if name not in refs or refs[name].digest != digest:
                     return None
-        return Remembered(manifest, list(obj["steps"]))
+        return Remembered(manifest, list(obj["steps"]), dict(obj.get("names", {})))
     except (KeyError, TypeError, AttributeError):
         return None
 
 
 def remember(store: Store, ident: str, fp: str, manifest: dict[str, Any], bases: dict[str, str],
-             steps: list[str]) -> None:
-    obj = {"fingerprint": fp, "manifest": manifest, "bases": bases, "steps": steps}
+             steps: list[str], names: dict[str, str]) -> None:
+    obj = {"fingerprint": fp, "manifest": manifest, "bases": bases, "steps": steps, "names": names}
     path = _path(store, ident)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(obj, sort_keys=True).encode(), store.tmp_dir)
