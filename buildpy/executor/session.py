@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,8 @@ def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: st
     from buildpy.planner.explain import Previous
     from buildpy.planner.plan import make_plan
 
+    warm = threading.Thread(target=_warm_up, args=(store,), name="warm-up", daemon=True)
+    warm.start()
     reader = ContextReader(request.context, ignore=Matcher(patterns), stat_cache=store.root / "statcache" / ident)
     plan = make_plan(store, request, reader)
     if plan.unused_args and progress != "quiet":
@@ -197,6 +200,20 @@ def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: st
     else:
         fastpath.forget(store, ident)
     return result
+
+
+def _warm_up(store: Store) -> None:
+    """While the plan is made: start the sandbox's fork server, compile its seccomp profile,
+    probe overlayfs and import what steps use, so the first RUN of every stage finds them."""
+    try:
+        import buildpy.executor.ops  # noqa: F401
+        from buildpy.sandbox import forkserver, privileges, step
+
+        forkserver.prestart()
+        privileges.seccomp_bpf()
+        step.overlay_usable(store.tmp_dir)
+    except Exception:  # noqa: BLE001 - only a head start: the steps do all this themselves
+        pass
 
 
 def _finish(store: Store, result: BuildResult, names: list[str], outputs: Sequence[Output]) -> BuildResult:

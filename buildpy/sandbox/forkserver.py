@@ -139,6 +139,16 @@ def start_forked(run_sock: int, stdio: tuple[int, int, int]) -> Child:
     raise AssertionError("unreachable")
 
 
+def prestart() -> None:
+    """Start the fork server now, without waiting for it: its interpreter boots while the
+    caller does other work (a build plans), and the first step finds it ready."""
+    global _server
+    with _lock:
+        if _server is None or _server.owner != (os.getpid(), os.geteuid(), os.getegid()):
+            _server = _Server()
+            _at_exit()
+
+
 _registered = False
 
 

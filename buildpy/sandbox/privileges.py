@@ -9,6 +9,7 @@ handed to the child as bytes; the child installs it with prctl, so it never impo
 from __future__ import annotations
 
 import os
+import threading
 
 from buildpy.sandbox import syscalls
 
@@ -134,14 +135,17 @@ CLONE_NAMESPACE_FLAGS = 0x7E020000
 
 
 def seccomp_bpf() -> bytes:
-    """The profile compiled for this machine (native architecture plus its 32-bit companions)."""
+    """The profile compiled for this machine (native architecture plus its 32-bit companions),
+    once per process: steps of parallel stages wait for the one compile (~70 ms)."""
     global _bpf_cache
-    if _bpf_cache is None:
-        _bpf_cache = _compile()
+    with _bpf_lock:
+        if _bpf_cache is None:
+            _bpf_cache = _compile()
     return _bpf_cache
 
 
 _bpf_cache: bytes | None = None
+_bpf_lock = threading.Lock()
 
 
 def _compile() -> bytes:

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +290,7 @@ def _overlay_fits(lowers: tuple[Path, ...], tmp: Path) -> bool:
 
 
 _overlay_ok: dict[tuple[int, int], bool] = {}
+_overlay_lock = threading.Lock()
 
 _PROBE = r"""
 import ctypes, os, sys
@@ -309,6 +311,11 @@ def overlay_usable(where: Path) -> bool:
     """Whether the sandbox can mount overlayfs (in a user namespace, with `userxattr`) with its
     upper dir on the file system of `where`; probed once per process, user and file system."""
     key = (os.geteuid(), os.lstat(where).st_dev)
+    with _overlay_lock:  # steps of parallel stages wait for one probe
+        return _probe_overlay(key, where)
+
+
+def _probe_overlay(key: tuple[int, int], where: Path) -> bool:
     if key not in _overlay_ok:
         probe = Path(tempfile.mkdtemp(dir=where, prefix="overlay-probe-"))
         try:
