@@ -227,7 +227,7 @@ class CopyLayer:
                 if last and entry is not None and self.out[rel].data == "made":
                     self.out[rel] = self.dir_from(entry)
                 continue
-            existing = self.image.lookup(rel)
+            existing = None if self._under_new_dir(rel) else self.image.lookup(rel)
             if existing is not None and existing.is_dir:
                 st = existing.st
                 self.out[rel] = _Out("dir", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
@@ -241,6 +241,13 @@ class CopyLayer:
                 self.out[rel] = _Out("dir", 0o755, uid, gid, self.epoch or 0, data="made")
         return path
 
+    def _under_new_dir(self, rel: str) -> bool:
+        """Whether `rel`'s directory is one this layer makes: then the image has nothing there
+        to look up (a lookup walks every layer from the root)."""
+        parent = posixpath.dirname(rel)
+        o = self.out.get(parent) if parent else None
+        return o is not None and o.data in ("made", "copied")
+
     def dir_from(self, entry: Entry) -> _Out:
         uid, gid = self.ids(entry)
         return _Out("dir", self.mode(entry.mode, "dir"), uid, gid, self.time(entry.mtime), data="copied")
@@ -249,7 +256,7 @@ class CopyLayer:
         parent = posixpath.dirname(path)
         if parent:
             self.ensure_dir(parent)
-        existing = self.image.lookup(path)
+        existing = None if self._under_new_dir(path) else self.image.lookup(path)
         if entry.kind == "dir":
             self.ensure_dir(path, entry)
             return
