@@ -30,12 +30,13 @@ skopeo copy -q "docker-archive:$W/busybox.tar" \
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.3f", m}'; }
 t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "FAILED: $*" >&2; exit 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
 
-cold_buildpy() { rm -rf "$W/s"; cp -a "$W/base" "$W/s"; t "$BP" --root "$W/s" build --progress quiet -t b "$1"; }
+# each cold run starts after the previous run's writes and deletions reached the disk (sync, untimed)
+cold_buildpy() { rm -rf "$W/s"; cp -a "$W/base" "$W/s"; sync; t "$BP" --root "$W/s" build --progress quiet -t b "$1"; }
 warm_buildpy() { t "$BP" --root "$W/s" build --progress quiet -t b "$1"; }
-cold_docker() { "$DOCKER" builder prune -af >/dev/null 2>&1; "$DOCKER" rmi -f b >/dev/null 2>&1 || true
+cold_docker() { "$DOCKER" builder prune -af >/dev/null 2>&1; "$DOCKER" rmi -f b >/dev/null 2>&1 || true; sync
                 DOCKER_BUILDKIT=1 t "$DOCKER" build --network host -q -t b "$1"; }
 warm_docker() { DOCKER_BUILDKIT=1 t "$DOCKER" build --network host -q -t b "$1"; }
-cold_buildah() { buildah "${BS[@]}" rmi -f b >/dev/null 2>&1 || true; buildah "${BS[@]}" rmi --prune >/dev/null 2>&1 || true
+cold_buildah() { buildah "${BS[@]}" rmi -f b >/dev/null 2>&1 || true; buildah "${BS[@]}" rmi --prune >/dev/null 2>&1 || true; sync
                  t buildah "${BS[@]}" bud -q --layers --isolation chroot --pull-never -t b "$1"; }
 warm_buildah() { t buildah "${BS[@]}" bud -q --layers --isolation chroot --pull-never -t b "$1"; }
 

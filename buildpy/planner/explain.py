@@ -34,19 +34,20 @@ class Previous:
     def steps(self) -> dict[str, Any]:
         if self._steps is None:
             try:
-                self._steps = json.loads(self.path.read_bytes()).get("steps", {})
+                steps = json.loads(self.path.read_bytes()).get("steps", {})
             except (OSError, ValueError, AttributeError):
-                self._steps = {}
+                steps = {}
+            self._steps = steps if isinstance(steps, dict) else {}
         return self._steps
 
     def keys(self) -> dict[str, str]:
-        return {slot: entry.get("key", "") for slot, entry in self.steps().items()}
+        return {slot: entry.get("key", "") for slot, entry in self.steps().items() if isinstance(entry, dict)}
 
     def reason(self, step: Step, *, no_cache: bool = False) -> str:
         if no_cache:
             return "--no-cache"
         before = self.steps().get(_slot(step))
-        if not before:
+        if not isinstance(before, dict) or not before:
             return "not built before"
         return describe(before.get("inputs", {}), step.inputs, before.get("files", {}), step.files,
                         before.get("key") == step.key)
@@ -56,14 +57,8 @@ class Previous:
             _slot(s): {"key": s.key, "inputs": dict(s.inputs), "files": dict(s.files)}
             for s in plan.steps() if s.key
         }
-        if self._steps is None and self.path.exists():
-            # unchanged keys: nothing new to say next time, and nothing to write
-            try:
-                if self.keys() == {k: v["key"] for k, v in steps.items()}:
-                    return
-            except (TypeError, KeyError):
-                pass
-        elif self._steps is not None and self.keys() == {k: v["key"] for k, v in steps.items()}:
+        # the same keys as last time: nothing new to say next time, and nothing to write
+        if self.path.exists() and self.keys() == {k: v["key"] for k, v in steps.items()}:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"steps": steps}, sort_keys=True, separators=(",", ":")).encode()
