@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,10 +58,17 @@ def run_buildpy(root: Path, case: Path, exp: dict[str, Any], tag: str, cwd: Path
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
+def outcome(proc: subprocess.CompletedProcess[str]) -> str:
+    """How the process ended, and what it said: for an assertion's message."""
+    rc = proc.returncode
+    how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+    return f"{how}\n{proc.stderr}"
+
+
 def check_error(proc: subprocess.CompletedProcess[str], want: dict[str, Any]) -> None:
     """The build failed as `want` says: exit status, one `error:` line, no traceback."""
     err = proc.stderr
-    assert proc.returncode == want["status"], f"exit {proc.returncode}\n{err}"
+    assert proc.returncode == want["status"], outcome(proc)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, f"expected one 'error:' line\n{err}"
     assert want["contains"] in lines[0], err

@@ -60,7 +60,7 @@ def test_same_as_buildah(case: Path, oracle, tmp_path: Path):
     root = tmp_path / "store"
     shutil.copytree(base_store, root, symlinks=True)
     proc = buildkit_cases.run_buildpy(root, case, exp, "ours:1", tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, buildkit_cases.outcome(proc)
     ours_config = buildcases.unpack_store_image(Store(root), "ours:1", tmp_path / "ours")
 
     ours = buildcases.tree(tmp_path / "ours")

@@ -63,7 +63,7 @@ def test_case(case: Path, base_store: Path, tmp_path: Path):
     if "error" in exp:
         buildkit_cases.check_error(proc, exp["error"])
         return
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, buildkit_cases.outcome(proc)
     assert "Traceback" not in proc.stderr, proc.stderr
     store = Store(root)
     base_history = len(resolve(store, buildkit_cases.BASE_IMAGE)[1].config.get("history", []))
@@ -78,7 +78,7 @@ def test_case_image_is_in_the_store_under_its_tag(base_store: Path, tmp_path: Pa
     root = tmp_path / "store"
     shutil.copytree(base_store, root, symlinks=True)
     proc = buildkit_cases.run_buildpy(root, case, {}, "case:1", tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, buildkit_cases.outcome(proc)
     assert resolve(Store(root), "case:1")[1].layers
 
 
@@ -87,7 +87,8 @@ def test_a_wrong_expectation_fails(base_store: Path, tmp_path: Path):
     case = buildcases.CASES / "from-scratch"
     root = tmp_path / "store"
     shutil.copytree(base_store, root, symlinks=True)
-    assert buildkit_cases.run_buildpy(root, case, {}, "case:1", tmp_path).returncode == 0
+    proc = buildkit_cases.run_buildpy(root, case, {}, "case:1", tmp_path)
+    assert proc.returncode == 0, buildkit_cases.outcome(proc)
     config = buildcases.unpack_store_image(Store(root), "case:1", tmp_path / "tree")
     wrong = [{"files": {"/hello.txt": {"content": "bye\n"}}}, {"absent": ["/hello.txt"]},
              {"config": {"Cmd": ["sh"]}}, {"history": [["RUN nothing", False]]}]
