@@ -48,18 +48,25 @@ def test_enough_cases_are_compared():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_same_as_buildah(case: Path, oracle, tmp_path: Path):
-    base_store, buildah = oracle
     exp = buildcases.expected(case)
-    args = buildkit_cases.case_args(case, exp)
+    if exp.get("serve"):
+        with buildcases.served(exp["serve"]) as url:
+            compare(case, exp, oracle, tmp_path, url)
+    else:
+        compare(case, exp, oracle, tmp_path, "")
+
+
+def compare(case: Path, exp: dict, oracle, tmp_path: Path, url: str) -> None:
+    base_store, buildah = oracle
     tag = f"localhost/oracle-{case.name}:1"
-    run = buildah.build(case, args, tag, tmp_path)
+    run = buildah.build(case, buildkit_cases.case_args(case, exp, url), tag, tmp_path)
     assert run.returncode == 0, f"buildah failed\n{run.stderr}"
     theirs_docker = buildah.export(tag, tmp_path / "buildah-oci")
     buildcases.unpack_oci_layout(tmp_path / "buildah-oci", tmp_path / "theirs")
 
     root = tmp_path / "store"
     shutil.copytree(base_store, root, symlinks=True)
-    proc = buildkit_cases.run_buildpy(root, case, exp, "ours:1", tmp_path)
+    proc = buildkit_cases.run_buildpy(root, case, exp, "ours:1", tmp_path, url)
     assert proc.returncode == 0, buildkit_cases.outcome(proc)
     ours_config = buildcases.unpack_store_image(Store(root), "ours:1", tmp_path / "ours")
 

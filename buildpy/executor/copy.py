@@ -514,6 +514,8 @@ def copy_layer(selection: Selection, root: Path, spec: CopySpec, lowers: Sequenc
     existing = layer.image.lookup(resolved_dest) if resolved_dest else None
     into_dir = as_dir or many or resolved_dest == "" or (existing is not None and existing.is_dir)
     unpack = spec.unpack if spec.unpack is not None else spec.add
+    if as_dir and resolved_dest:
+        layer.ensure_dir(resolved_dest)  # made even when wildcards matched nothing (CreateDestPath)
     for m in selection.matches:
         base = m.entry.rel
         name = posixpath.basename(posixpath.normpath("/" + m.source)) if not re.search(r"[*?\[]", m.source) else \

@@ -169,6 +169,17 @@ def _remembered(store: Store, remembered, progress: str, stream: TextIO) -> Buil
 
 def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: str, patterns: list[str],
            fingerprint: str, progress: str, stream: TextIO, names: dict[str, str]) -> BuildResult:
+    warm = threading.Thread(target=_warm_up, args=(store,), name="warm-up")
+    warm.start()
+    try:
+        return _plan_and_run(store, request, options, ident, patterns, fingerprint, progress, stream, names)
+    finally:
+        # never left running into interpreter shutdown: libseccomp's compile crashes there
+        warm.join()
+
+
+def _plan_and_run(store: Store, request: BuildRequest, options: BuildOptions, ident: str, patterns: list[str],
+                  fingerprint: str, progress: str, stream: TextIO, names: dict[str, str]) -> BuildResult:
     from buildpy.executor.build import execute
     from buildpy.executor.progress import make_progress
     from buildpy.planner import fastpath
@@ -177,8 +188,6 @@ def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: st
     from buildpy.planner.explain import Previous
     from buildpy.planner.plan import make_plan
 
-    warm = threading.Thread(target=_warm_up, args=(store,), name="warm-up", daemon=True)
-    warm.start()
     reader = ContextReader(request.context, ignore=Matcher(patterns), stat_cache=store.root / "statcache" / ident)
     plan = make_plan(store, request, reader)
     if plan.unused_args and progress != "quiet":

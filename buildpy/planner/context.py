@@ -99,7 +99,7 @@ class ContextReader:
         matches: list[Match] = []
         for source in sources:
             found = self._matches(source, follow, what)
-            if not found:
+            if not found and not _WILD.search(source):  # a wildcard may match nothing (BuildKit)
                 raise ContextError(f"{what} failed: file not found in build context or excluded by "
                                    f".dockerignore: stat {source.lstrip('/') or '.'}: file does not exist")
             for rel in found:
@@ -108,15 +108,11 @@ class ContextReader:
                 if entry.kind == "dir":
                     children = tuple(self._walk(rel, exclude))
                 matches.append(Match(source, entry, children))
-        if not matches:
-            raise ContextError(f"{what} failed: no source files were specified")
         return Selection(tuple(matches))
 
     def _matches(self, source: str, follow: bool, what: str) -> list[str]:
-        clean = posixpath.normpath("/" + source)
-        if _escapes(source):
-            raise ContextError(f"{what} failed: forbidden path outside the build context: {source}")
-        rel = clean.lstrip("/")
+        # `../x` and `/x` both name the context's x: BuildKit removes parent navigation
+        rel = posixpath.normpath("/" + source).lstrip("/")
         if not _WILD.search(rel):
             resolved = self._resolve(rel, follow)
             if resolved is None or self._ignored(resolved):
@@ -316,18 +312,6 @@ def _clean_dots(parts: list[str]) -> list[str]:
         else:
             out.append(p)
     return out
-
-
-def _escapes(source: str) -> bool:
-    depth = 0
-    for part in source.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                return True
-        elif part and part != ".":
-            depth += 1
-    return False
 
 
 def _go_match(pattern: str) -> re.Pattern[str]:

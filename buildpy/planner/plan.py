@@ -282,8 +282,11 @@ class _Planner:
         base = self._base(stage)
         state = _StageState.start(self, stage, base)
         instructions: list[Instruction] = []
+        # ONBUILD triggers: an image's, or (as BuildKit) those a base stage declared
         if base.image is not None:
-            instructions.extend(self._triggers(stage, base.image))
+            instructions.extend(self._triggers(stage, base.image.config.get("config", {}).get("OnBuild")))
+        elif base.stage is not None:
+            instructions.extend(self._triggers(stage, self.stages[base.stage].config["config"].get("OnBuild")))
         instructions.extend(stage.instructions)
         total = len(instructions) + 1
         steps: list[Step] = []
@@ -295,9 +298,9 @@ class _Planner:
         return StagePlan(stage.index, state.name, base, tuple(steps), state.image_config(), state.key,
                          dict(state.args), tuple(state.arg_order))
 
-    def _triggers(self, stage: Stage, image: Image) -> list[Instruction]:
+    def _triggers(self, stage: Stage, expressions: list[str] | None) -> list[Instruction]:
         out: list[Instruction] = []
-        for expression in image.config.get("config", {}).get("OnBuild") or ():
+        for expression in expressions or ():
             try:
                 result = parse(str(expression), f"{stage.start.file} (ONBUILD of {stage.base})")
                 for node in result.nodes:
