@@ -178,7 +178,7 @@ def _copy_entries(ex: _Execution, step: Step, spec, lowers):  # noqa: ANN001, AN
     ins = step.instruction
     assert isinstance(ins, FileCopy)
     is_add = isinstance(ins, Add)
-    if spec.link:
+    if spec.link and not spec.chmod:  # BuildKit links only without --chmod
         lowers = ()
     if ins.inline:
         files = [(s.name, s.data.encode("utf-8", "surrogateescape")) for s in ins.inline]
