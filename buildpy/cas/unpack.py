@@ -207,7 +207,7 @@ class _ForwardReader:
             pass
 
 
-def _clean(name: str) -> list[str] | None:
+def clean_name(name: str) -> list[str] | None:
     """The components of an entry name inside the root; None if its ".." climbs out."""
     parts: list[str] = []
     for p in name.split("/"):
@@ -457,7 +457,7 @@ class _Unpacker:
     def entry(self, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
         self.stats.entries += 1
         what = f"{self.where}: entry {ti.name!r}"
-        parts = _clean(ti.name)
+        parts = clean_name(ti.name)
         if parts is None:
             raise LayerError(f"{what}: the path climbs out of the layer's root with '..'")
         if ti.issparse():
@@ -533,7 +533,7 @@ class _Unpacker:
             os.close(fd)
 
     def link_target(self, ti: tarfile.TarInfo, what: str) -> str:
-        parts = _clean(ti.linkname)
+        parts = clean_name(ti.linkname)
         if parts is None:
             raise LayerError(f"{what}: hardlink to {ti.linkname!r} points out of the layer's root")
         if not parts:

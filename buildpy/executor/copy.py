@@ -703,17 +703,10 @@ def _parse_chmod(text: str) -> int | str:
 def _archive_name(name: str) -> str | None:
     """An archive entry's name as go-archive takes it: a leading `/` dropped, cleaned; None
     when its `..` climbs above the destination; "" for the destination itself."""
-    parts: list[str] = []
-    for p in name.lstrip("/").split("/"):
-        if p in ("", "."):
-            continue
-        if p == "..":
-            if not parts:
-                return None
-            parts.pop()
-            continue
-        parts.append(p)
-    return "/".join(parts)
+    from buildpy.cas.unpack import clean_name
+
+    parts = clean_name(name)
+    return None if parts is None else "/".join(parts)
 
 
 def _decompressed(f: BinaryIO) -> BinaryIO:
