@@ -58,104 +58,153 @@ class Selection:
 
 import marshal  # noqa: E402 - below the shared dataclasses on purpose: they are the interface
 import os  # noqa: E402
-import posixpath  # noqa: E402
 import re  # noqa: E402
 import stat  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import blake3  # noqa: E402
 
-from buildpy.planner.dockerignore import Matcher  # noqa: E402
+from buildpy.planner.dockerignore import IgnoreError, Matcher, glob_regex, go_clean, has_wildcards  # noqa: E402
 
 _CHUNK = 1 << 20
 _MAX_LINKS = 40
 _KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
           stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
-_WILD = re.compile(r"[*?\[]")
-_CACHE_VERSION = 1
+_IFMT, _IFREG, _IFDIR, _IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
+_new = tuple.__new__  # Entry(...) through its generated __new__ costs nearly three times as much
+# the stat cache file: this line, blake3 of the rest, then marshal of (root, {rel: (stat, digest)})
+_CACHE_MAGIC = b"buildpy stat cache 2\n"
+# A file stamped less than a clock tick before it was hashed may change again keeping its size
+# and times: it is hashed again next time rather than trusted (git's "racily clean" entries).
+# Linux stamps files from a clock that advances by ticks of up to 10 ms; file systems that keep
+# whole seconds (ext4's small inodes, FAT: two) show it in the stamp.
+_RACY_NS = 50_000_000
+_RACY_COARSE_NS = 2_000_000_000
+
+_Sig = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
 
 
 class ContextReader:
-    """Reads COPY sources from one directory: the build context (with its `.dockerignore` and a
-    stat cache) or a stage's materialized root."""
+    """Reads COPY sources from one directory, as BuildKit reads them from a build context: the
+    build context (with its `.dockerignore` and a stat cache) or a stage's materialized root.
+
+    Not for concurrent use: one planner reads through it."""
 
     def __init__(self, root: Path, *, ignore: Matcher | None = None, stat_cache: Path | None = None) -> None:
         self.root = Path(root)
         self._root = os.fspath(self.root)
         self.ignore = ignore if ignore else None
         self.stat_cache = stat_cache
-        self._cache: dict[str, tuple[int, int, int, int, str]] | None = None
-        self._seen: dict[str, tuple[int, int, int, int, str]] = {}
-        self._changed = False
         self.hashed_files = 0  # files read to hash them (the rest came from the stat cache)
+        self._cache: dict[str, tuple[_Sig, str]] | None = None
+        self._loaded = 0  # entries the cache file held
+        self._seen: set[str] = set()
+        self._racy: set[str] = set()
+        self._changed = False
+        self._kept_dirs: dict[str, bool] = {}  # ignored dir -> something inside it is not
 
     # --- selecting -------------------------------------------------------------------------
 
     def select(self, sources: Sequence[str], *, excludes: Sequence[str] = (), follow: bool = True,
                what: str = "COPY") -> Selection:
-        exclude = Matcher(excludes) if excludes else None
+        """What `what` reads for `sources`, in order. Each source is joined to the root as
+        BuildKit joins it to "/" (`..` stops there); symlinks on its way, and at its end with
+        `follow`, resolve inside the root. A wildcard source (Go's filepath.Match, per path
+        component) matches in walk order and may match nothing. Below a directory, links are
+        kept as links and `excludes` (relative to that directory) leave entries out."""
+        try:
+            exclude = Matcher(excludes) if excludes else None
+        except IgnoreError as e:
+            raise ContextError(f"{what} failed: --exclude: {e}") from None
         matches: list[Match] = []
-        for source in sources:
-            found = self._matches(source, follow, what)
-            if not found and not _WILD.search(source):  # a wildcard may match nothing (BuildKit)
-                raise ContextError(f"{what} failed: file not found in build context or excluded by "
-                                   f".dockerignore: stat {source.lstrip('/') or '.'}: file does not exist")
-            for rel in found:
-                entry = self._entry(rel)
-                children: tuple[Entry, ...] = ()
-                if entry.kind == "dir":
-                    children = tuple(self._walk(rel, exclude))
-                matches.append(Match(source, entry, children))
+        try:
+            for source in sources:
+                for rel in self._named(source, follow, what):
+                    entry = self._entry(rel, what)
+                    children = tuple(self._walk(rel, exclude or None)) if entry.kind == "dir" else ()
+                    matches.append(Match(source, entry, children))
+        except IgnoreError as e:  # a pattern Go compiles only when it is first tried
+            raise ContextError(f"{what} failed: {e}") from None
         return Selection(tuple(matches))
 
-    def _matches(self, source: str, follow: bool, what: str) -> list[str]:
-        # `../x` and `/x` both name the context's x: BuildKit removes parent navigation
-        rel = posixpath.normpath("/" + source).lstrip("/")
-        if not _WILD.search(rel):
-            resolved = self._resolve(rel, follow)
-            if resolved is None or self._ignored(resolved):
-                return []
-            return [resolved]
-        out = [""]
-        parts = rel.split("/")
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            nxt: list[str] = []
-            for base in out:
-                if not _WILD.search(part):
-                    cand = f"{base}/{part}" if base else part
-                    r = self._resolve(cand, follow or not last)
-                    if r is not None:
-                        nxt.append(r)
-                    continue
-                regex = _go_match(part)
-                dir_path = os.path.join(self._root, base) if base else self._root
+    def _named(self, source: str, follow: bool, what: str) -> list[str]:
+        """The paths `source` names, resolved (fsutil's ResolveWildcards, then rootPath)."""
+        parts = [p for p in go_clean("/" + source).split("/") if p]
+        wild = next((i for i, part in enumerate(parts) if has_wildcards(part)), len(parts))
+        if wild == len(parts):
+            rel = self._resolve("/".join(parts), follow)
+            if rel is None:
+                raise _not_found(what, "/".join(parts))
+            return [rel]
+        regexes = []
+        for part in parts[wild:]:
+            regex = glob_regex(part)
+            if regex is None:
+                raise ContextError(f"{what} failed: syntax error in pattern: {source}")
+            regexes.append(re.compile(regex).match)
+        # the part before the first wildcard resolves like a plain source; below it only real
+        # directories are searched (filepath.Walk follows no links)
+        base = self._resolve("/".join(parts[:wild]), follow)
+        if base is None or not self._is_real_dir(base):
+            return []
+        level = [base]
+        last = len(regexes) - 1
+        for depth, match in enumerate(regexes):
+            found: list[str] = []
+            for parent in level:
                 try:
-                    names = sorted(os.listdir(dir_path))
+                    names = sorted(os.listdir(f"{self._root}/{parent}" if parent else self._root))
                 except OSError:
                     continue
                 for name in names:
-                    if regex.fullmatch(name):
-                        cand = f"{base}/{name}" if base else name
-                        r = self._resolve(cand, follow or not last)
-                        if r is not None:
-                            nxt.append(r)
-            out = nxt
-        return [r for r in dict.fromkeys(out) if not self._ignored(r)]
+                    if not match(name):
+                        continue
+                    rel = f"{parent}/{name}" if parent else name
+                    if depth < last:
+                        if not self._is_real_dir(rel) or self._hidden(rel):
+                            continue
+                    elif self._hidden(rel):
+                        continue
+                    found.append(rel)
+            level = found
+        if not follow:
+            return level
+        out: dict[str, None] = {}
+        for rel in level:
+            target = self._resolve(rel, True)
+            if target is None:  # a link to nothing (or to what .dockerignore leaves out)
+                raise _not_found(what, rel)
+            out[target] = None
+        return list(out)
+
+    def _is_real_dir(self, rel: str) -> bool:
+        try:
+            return stat.S_ISDIR(os.lstat(f"{self._root}/{rel}" if rel else self._root).st_mode)
+        except OSError:
+            return False
 
     def _resolve(self, rel: str, follow_last: bool) -> str | None:
-        """`rel` with symlinks resolved as if the root were `/` (never above it); None when
-        it does not exist."""
+        """`rel` with symlinks resolved as if the root were `/` (never above it), what
+        `.dockerignore` leaves out being absent; None when it does not exist."""
+        if not rel:
+            return ""
+        root = self._root
 
         def kind(cand: str) -> tuple[str, str]:
+            path = f"{root}/{cand}"
             try:
-                st = os.lstat(os.path.join(self._root, cand))
+                st = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
                 return "", ""
+            except OSError as e:
+                raise ContextError(f"cannot read {cand} in the build context: {e.strerror}") from None
+            if self.ignore is not None and self._hidden(cand, st):
+                return "", ""
             if stat.S_ISLNK(st.st_mode):
-                return "link", os.readlink(os.path.join(self._root, cand))
+                return "link", os.readlink(path)
             return ("dir" if stat.S_ISDIR(st.st_mode) else "other"), ""
 
         try:
@@ -163,97 +212,174 @@ class ContextReader:
         except RecursionError:
             raise ContextError(f"too many levels of symbolic links: {rel}") from None
 
-    def _ignored(self, rel: str) -> bool:
-        return bool(rel) and self.ignore is not None and self.ignore.matches(rel)
+    def _hidden(self, rel: str, st: os.stat_result | None = None) -> bool:
+        """Whether `.dockerignore` removes `rel` from the context. A left-out directory is
+        still there when something inside it is kept: BuildKit's walker sends the parents of
+        what it keeps."""
+        ignore = self.ignore
+        if ignore is None or not rel or not ignore.matches(rel):
+            return False
+        if not ignore.may_include_below(rel):
+            return True
+        kept = self._kept_dirs.get(rel)
+        if kept is None:
+            kept = False
+            path = f"{self._root}/{rel}"
+            try:
+                if st is None:
+                    st = os.lstat(path)
+                if stat.S_ISDIR(st.st_mode):
+                    kept = any(not self._hidden(f"{rel}/{name}") for name in sorted(os.listdir(path)))
+            except OSError:
+                pass
+            self._kept_dirs[rel] = kept
+        return not kept
+
+    def _entry(self, rel: str, what: str) -> Entry:
+        path = f"{self._root}/{rel}" if rel else self._root
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            raise ContextError(f"{what} failed: cannot read {rel or '.'}: {e.strerror}") from None
+        kind = _KINDS.get(st.st_mode & _IFMT)
+        if kind is None:
+            raise ContextError(f"{what} failed: {rel} is a socket: it cannot be copied")
+        digest = ""
+        if kind == "file":
+            cache = self._cache if self._cache is not None else self._load()
+            sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+            hit = cache.get(rel)
+            digest = hit[1] if hit is not None and hit[0] == sig else self._hash(rel, path, st, sig)
+            self._seen.add(rel)
+        return _new(Entry, (rel, kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size, st[8],
+                            os.readlink(path) if kind == "symlink" else "", digest,
+                            st.st_rdev if kind in ("char", "block") else 0, (st.st_dev, st.st_ino)))
 
     def _walk(self, top: str, exclude: Matcher | None) -> list[Entry]:
+        """Every entry below the directory `top`, depth first in name order, links not
+        followed; what `.dockerignore` or `exclude` (relative to `top`) leaves out is skipped,
+        a left-out directory coming back when something inside it is kept."""
         out: list[Entry] = []
-        root = self._root
         ignore = self.ignore
-        prefix_len = len(top) + 1 if top else 0
+        cut = len(top) + 1 if top else 0
+        cache = self._cache if self._cache is not None else self._load()
+        add_seen = self._seen.add
+        append = out.append
+        hash_file = self._hash
+        lstat, listdir, readlink = os.lstat, os.listdir, os.readlink
+        kinds = _KINDS
+        ignore_matches = ignore.matches if ignore is not None else None
+        exclude_matches = exclude.matches if exclude is not None else None
 
-        def walk(rel_dir: str) -> None:
-            path = os.path.join(root, rel_dir) if rel_dir else root
+        def walk(rel_dir: str, dir_path: str) -> None:
             try:
-                with os.scandir(path) as it:
-                    names = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+                names = listdir(dir_path)
             except OSError as e:
                 raise ContextError(f"cannot read {rel_dir or '.'} in the build context: {e.strerror}") from None
-            for name, is_dir in names:
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                skip = ignore is not None and ignore.matches(rel)
-                if not skip and exclude is not None:
-                    skip = exclude.matches(rel[prefix_len:])
-                if skip:
-                    if is_dir and ((ignore is not None and ignore.may_include_below(rel)) or (
-                            exclude is not None and exclude.may_include_below(rel[prefix_len:]))):
+            names.sort()
+            prefix = rel_dir + "/" if rel_dir else ""
+            for name in names:
+                rel = prefix + name
+                path = dir_path + "/" + name
+                try:
+                    st = lstat(path)
+                except FileNotFoundError:  # removed while we read
+                    continue
+                mode = st.st_mode
+                fmt = mode & _IFMT
+                hidden = ignore_matches is not None and ignore_matches(rel)
+                excluded = exclude_matches is not None and exclude_matches(rel[cut:])
+                if hidden or excluded:
+                    if fmt == _IFDIR and (not hidden or ignore.may_include_below(rel)) and (  # type: ignore[union-attr]
+                            not excluded or exclude.may_include_below(rel[cut:])):  # type: ignore[union-attr]
                         mark = len(out)
-                        walk(rel)
-                        if len(out) > mark:  # something inside is included: the dir comes too
-                            out.insert(mark, self._entry(rel))
+                        walk(rel, path)
+                        if len(out) > mark:  # something inside is kept: the directory comes too
+                            out.insert(mark, _new(Entry, (rel, "dir", mode & 0o7777, st.st_uid, st.st_gid,
+                                                          st.st_size, st[8], "", "", 0, (st.st_dev, st.st_ino))))
                     continue
-                entry = self._entry(rel)
-                if entry.kind == "":
-                    continue
-                out.append(entry)
-                if is_dir:
-                    walk(rel)
+                # st[8] is st_mtime in whole seconds, without int(float)'s cost
+                if fmt == _IFREG:
+                    sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                    hit = cache.get(rel)
+                    digest = hit[1] if hit is not None and hit[0] == sig else hash_file(rel, path, st, sig)
+                    add_seen(rel)
+                    append(_new(Entry, (rel, "file", mode & 0o7777, st.st_uid, st.st_gid, sig[0], st[8], "", digest,
+                                        0, (st.st_dev, sig[2]))))
+                elif fmt == _IFDIR:
+                    append(_new(Entry, (rel, "dir", mode & 0o7777, st.st_uid, st.st_gid, st.st_size, st[8], "", "",
+                                        0, (st.st_dev, st.st_ino))))
+                    walk(rel, path)
+                else:
+                    kind = kinds.get(fmt)
+                    if kind is None:  # a socket: nothing a layer can hold
+                        continue
+                    append(_new(Entry, (rel, kind, mode & 0o7777, st.st_uid, st.st_gid, st.st_size, st[8],
+                                        readlink(path) if fmt == _IFLNK else "", "",
+                                        st.st_rdev if kind in ("char", "block") else 0, (st.st_dev, st.st_ino))))
 
-        walk(top)
+        walk(top, f"{self._root}/{top}" if top else self._root)
         return out
-
-    def _entry(self, rel: str) -> Entry:
-        path = f"{self._root}/{rel}" if rel else self._root
-        st = os.lstat(path)
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "")
-        link = os.readlink(path) if kind == "symlink" else ""
-        digest = self._digest(rel, path, st) if kind == "file" else ""
-        return Entry(rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size,
-                     int(st.st_mtime), link, digest, st.st_rdev if kind in ("char", "block") else 0,
-                     (st.st_dev, st.st_ino))
 
     # --- hashing through the stat cache ------------------------------------------------------
 
-    def _digest(self, rel: str, path: str, st: os.stat_result) -> str:
-        if self._cache is None:
-            self._cache = self._load()
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        hit = self._cache.get(rel)
-        if hit is not None and hit[:4] == sig:
-            self._seen[rel] = hit
-            return hit[4]
-        digest = _hash_file(path, st.st_size)
+    def _hash(self, rel: str, path: str, st: os.stat_result, sig: _Sig) -> str:
+        try:
+            digest = _hash_file(path, st.st_size)
+        except OSError as e:
+            raise ContextError(f"cannot read {rel} in the build context: {e.strerror}") from None
         self.hashed_files += 1
-        self._seen[rel] = (*sig, digest)
+        assert self._cache is not None
+        self._cache[rel] = (sig, digest)
         self._changed = True
+        window = _RACY_COARSE_NS if st.st_mtime_ns % 1_000_000_000 == 0 else _RACY_NS
+        if max(st.st_mtime_ns, st.st_ctime_ns) > time.time_ns() - window:
+            self._racy.add(rel)
+        else:
+            self._racy.discard(rel)
         return digest
 
-    def _load(self) -> dict[str, tuple[int, int, int, int, str]]:
-        if self.stat_cache is None:
-            return {}
-        try:
-            with open(self.stat_cache, "rb") as f:
-                data = marshal.loads(f.read())  # load(f) reads item by item: ten times slower
-            if isinstance(data, tuple) and len(data) == 3 and data[0] == _CACHE_VERSION and data[1] == self._root:
-                entries = data[2]
-                if isinstance(entries, dict):
-                    return entries
-        except (OSError, EOFError, ValueError, TypeError):
-            pass
-        return {}
+    def _load(self) -> dict[str, tuple[_Sig, str]]:
+        """The stat cache file's entries; none when it is missing, damaged or another root's."""
+        self._cache = {}
+        if self.stat_cache is not None:
+            try:
+                with open(self.stat_cache, "rb") as f:
+                    data = f.read()
+            except OSError:
+                data = b""
+            head = len(_CACHE_MAGIC)
+            if data.startswith(_CACHE_MAGIC) and len(data) > head + 32:
+                payload = memoryview(data)[head + 32:]
+                if blake3.blake3(payload).digest() == data[head:head + 32]:
+                    try:
+                        root, entries = marshal.loads(payload)
+                    except (EOFError, ValueError, TypeError):
+                        root, entries = None, None
+                    if root == os.path.abspath(self._root) and type(entries) is dict:
+                        self._cache = entries
+        self._loaded = len(self._cache)
+        return self._cache
 
     def save(self) -> None:
-        """Write the stat cache (the files seen this run) when it changed."""
+        """Write the stat cache when it changed: the files read this run (entries for files
+        not seen are dropped, so deleted ones do not pile up). Atomic: a crash leaves the old
+        file or the new one."""
         if self.stat_cache is None or self._cache is None:
             return
-        if not self._changed and len(self._seen) == len(self._cache):
+        keep = self._seen - self._racy
+        if not self._changed and len(keep) == self._loaded:
             return
-        merged = dict(self._seen)
-        self.stat_cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.stat_cache.parent, prefix=".statcache-")
+        cache = self._cache
+        payload = marshal.dumps((os.path.abspath(self._root), {rel: cache[rel] for rel in keep}))
+        directory = self.stat_cache.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".statcache-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(marshal.dumps((_CACHE_VERSION, self._root, merged)))
+                f.write(_CACHE_MAGIC)
+                f.write(blake3.blake3(payload).digest())
+                f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.stat_cache)
@@ -263,6 +389,13 @@ class ContextReader:
             except OSError:
                 pass
             raise
+        self._loaded = len(keep)
+        self._changed = False
+
+
+def _not_found(what: str, rel: str) -> ContextError:
+    return ContextError(f"{what} failed: file not found in build context or excluded by .dockerignore: "
+                        f"stat {rel or '.'}: file does not exist")
 
 
 def resolve_scoped(path: str, kind: Callable[[str], tuple[str, str]], *, follow_last: bool = True,
@@ -314,55 +447,43 @@ def _clean_dots(parts: list[str]) -> list[str]:
     return out
 
 
-def _go_match(pattern: str) -> re.Pattern[str]:
-    """Go's filepath.Match for one path component."""
-    out = ""
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        i += 1
-        if ch == "*":
-            out += "[^/]*"
-        elif ch == "?":
-            out += "[^/]"
-        elif ch == "\\" and i < len(pattern):
-            out += re.escape(pattern[i])
-            i += 1
-        elif ch == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                raise ContextError(f"syntax error in pattern: {pattern}")
-            body = pattern[i:j]
-            if body.startswith("^"):
-                body = "^" + body[1:]
-            out += "[" + body.replace("\\", "\\\\") + "]"
-            i = j + 1
-        else:
-            out += re.escape(ch)
-    return re.compile(out, re.DOTALL)
-
-
 def _hash_file(path: str, size: int) -> str:
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO) if size > 4 * _CHUNK else blake3.blake3()
+    """blake3 of a file's content, read in 1 MiB pieces (threads hash the big ones)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with open(fd, "rb", buffering=0) as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+    try:
+        if size <= _CHUNK:
+            h = blake3.blake3()
+            # a buffer the file's size (plus one, to see the end): os.read allocates what it is
+            # asked for, and a 1 MiB allocation costs a small file more than reading it
+            while chunk := os.read(fd, size + 1):
+                h.update(chunk)
+        else:
+            h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            buf = bytearray(_CHUNK)
+            view = memoryview(buf)
+            with open(fd, "rb", buffering=0, closefd=False) as f:
+                while n := f.readinto(buf):
+                    h.update(view[:n])
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
 def selection_digest(selection: Selection) -> str:
-    """blake3 over what a COPY reads: for each match its source and path, and every entry's
-    path (below the match), type, mode, ids, link target and content digest; never mtimes."""
+    """blake3 over what a COPY reads: for each match its source, its path and entry count,
+    then every entry's path (below the match), type, mode, ids, link target, content digest
+    and device number; never mtimes. Fields end in NUL (no path or link target holds one),
+    records in a newline after a number, the source is length-prefixed."""
     h = blake3.blake3()
     for m in selection.matches:
         base = m.entry.rel
         cut = len(base) + 1 if base else 0
-        h.update(f"M\0{m.source}\0{base}\0".encode("utf-8", "surrogateescape"))
-        for e in (m.entry, *m.children):
-            rel = e.rel[cut:] if e is not m.entry else ""
-            h.update(f"{rel}\0{e.kind}\0{e.mode}\0{e.uid}\0{e.gid}\0{e.linkname}\0{e.digest}\0{e.rdev}\n"
-                     .encode("utf-8", "surrogateescape"))
+        e = m.entry
+        rows = [f"M{len(m.source)}:{m.source}\0{base}\0{len(m.children) + 1}\n",
+                f"\0{e.kind}\0{e.mode}\0{e.uid}\0{e.gid}\0{e.linkname}\0{e.digest}\0{e.rdev}\n"]
+        rows.extend([f"{c.rel[cut:]}\0{c.kind}\0{c.mode}\0{c.uid}\0{c.gid}\0{c.linkname}\0{c.digest}\0{c.rdev}\n"
+                     for c in m.children])
+        h.update("".join(rows).encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 

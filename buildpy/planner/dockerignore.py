@@ -178,12 +178,14 @@ def glob_regex(pattern: str) -> str | None:
 # --- patternmatcher's compile ------------------------------------------------------------------
 
 _EXACT, _PREFIX, _SUFFIX, _REGEX = range(4)
-_SHOULD_ESCAPE = frozenset(".+()|{}$")
+# patternmatcher's escape bitmap keeps only characters below 64: `|`, `{` and `}` reach the
+# regular expression raw (an alternation, a repetition), as they do in Docker
+_SHOULD_ESCAPE = frozenset(".+()$")
 
 
 def _go_regex(pattern: str) -> tuple[int, str]:
     """patternmatcher's Pattern.compile: the match type, and for regexp matches the Go regular
-    expression it builds (user text copied in except `.+()|{}$`, escaped)."""
+    expression it builds (user text copied in, `.+()$` escaped)."""
     regex = "^"
     kind = _EXACT
     i = 0
@@ -247,6 +249,21 @@ _POSIX = {
 _CONTROL = {"a": "\a", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
 
+def _complement(body: str) -> str:
+    """The ranges of a class body of ASCII ranges (as in `_POSIX`) that it leaves out."""
+    members = {c for c in map(chr, range(128)) if re.fullmatch(f"[{body}]", c)}
+    out = []
+    start = None
+    for code in range(129):
+        outside = code < 128 and chr(code) not in members
+        if outside and start is None:
+            start = code
+        elif not outside and start is not None:
+            out.append(f"\\x{start:02x}-\\x{code - 1:02x}")
+            start = None
+    return "".join(out) + "\\x80-\\U0010ffff"
+
+
 def _go_escape(rx: str, i: int) -> tuple[str, int]:
     """regexp/syntax parseEscape at rx[i] (just past the backslash): the character it stands for."""
     if i >= len(rx):
@@ -298,9 +315,10 @@ def _py_class(rx: str, i: int) -> tuple[str, int]:
             j = rx.find(":]", i + 2)
             if j >= 0:
                 name = rx[i + 2:j]
-                if name not in _POSIX:
+                body = _POSIX.get(name.removeprefix("^"))
+                if body is None:
                     raise _Unsupported(f"invalid character class range: [:{name}:]")
-                items.append(_POSIX[name])
+                items.append(_complement(body) if name.startswith("^") else body)
                 i = j + 2
                 continue
         if rx[i] == "\\" and i + 1 < n and rx[i + 1] in "dDsSwWpP":
@@ -320,13 +338,25 @@ def _py_class(rx: str, i: int) -> tuple[str, int]:
     return ("[^" if negated else "[") + "".join(items) + "]", i + 1
 
 
+_REPEAT = re.compile(r"\{(\d+)(,(\d*))?\}")
+
+
 def _py_regex(rx: str) -> str:
-    """The Go regular expression `_go_regex` built, in Python's syntax (compiled with re.ASCII)."""
+    """The Go regular expression `_go_regex` built, in Python's syntax (compiled with re.ASCII,
+    searched like Go's MatchString: a raw `|` splits the whole expression)."""
     out: list[str] = []
+    atom = -1  # where in `out` the last atom starts (-1: none, as after `|`)
+    repeated = False  # the last atom carries a repetition: another one is an error to Go
     i = 0
     n = len(rx)
     while i < n:
         ch = rx[i]
+        start = len(out)
+        if rx.startswith("(.*/)?", i):  # `_go_regex`'s own group: user parentheses arrive escaped
+            out.append("(?:.*/)?")
+            atom, repeated = start, True
+            i += 6
+            continue
         if ch == "\\":
             nxt = rx[i + 1] if i + 1 < n else ""
             if nxt in ("A", "b", "B"):
@@ -347,18 +377,44 @@ def _py_regex(rx: str) -> str:
         elif ch == "[":
             cls, i = _py_class(rx, i)
             out.append(cls)
-        elif ch == "(":  # only `_go_regex`'s own group: user parentheses arrive escaped
-            out.append("(?:")
-            i += 1
         elif ch == "$":  # only at the end: Go's `$` is the end of the text, Python's `\Z`
             out.append(r"\Z")
             i += 1
-        elif ch == "]":
-            out.append(r"\]")
+        elif ch == "|":
+            out.append("|")
+            atom, repeated = -1, False
+            i += 1
+            continue
+        elif ch in "*?":  # only `_go_regex`'s own, after its `[^/]` or `.`
+            out.append(ch)
+            repeated = True
+            i += 1
+            continue
+        elif ch == "{":
+            rep = _REPEAT.match(rx, i)
+            if rep is None:  # not a repetition: Go takes the brace literally
+                out.append(r"\{")
+                i += 1
+            else:
+                low = int(rep.group(1))
+                high = low if rep.group(2) is None else (int(rep.group(3)) if rep.group(3) else -1)
+                if atom < 0:
+                    raise _Unsupported(f"missing argument to repetition operator: {rep.group(0)}")
+                if repeated:
+                    raise _Unsupported(f"invalid nested repetition operator: {rep.group(0)}")
+                if low > 1000 or high > 1000 or -1 < high < low:
+                    raise _Unsupported(f"invalid repeat count: {rep.group(0)}")
+                out[atom:] = ["(?:" + "".join(out[atom:]) + ")" + rep.group(0)]
+                repeated = True
+                i = rep.end()
+                continue
+        elif ch in "]}":
+            out.append("\\" + ch)
             i += 1
         else:
             out.append(ch)
             i += 1
+        atom, repeated = start, False
     return "".join(out)
 
 
@@ -379,7 +435,7 @@ class _Compiled:
             self.text = pattern[2:]  # less the leading "**"
         else:
             self.text = ""
-            self.regex = _py_regex(go)[1:]  # re.match anchors the start: no "^"
+            self.regex = _py_regex(go)
             re.compile(self.regex, re.ASCII)
 
 
@@ -394,7 +450,7 @@ def _run_test(run: Sequence[_Compiled]) -> Callable[[str], object]:
     exact_set = frozenset(exact)
     # one expression, no nested calls: this runs for every path of the context
     if regexes:
-        regex = re.compile("|".join(f"(?:{r})" for r in regexes), re.ASCII).match
+        regex = re.compile("|".join(f"(?:{r})" for r in regexes), re.ASCII).search
         return lambda rel: rel in exact_set or rel.startswith(prefixes) or rel.endswith(suffixes) or regex(rel)
     return lambda rel: rel in exact_set or rel.startswith(prefixes) or rel.endswith(suffixes)
 
@@ -412,9 +468,9 @@ def _raiser(message: str) -> Callable[[str], object]:
 class Matcher:
     """Which paths a pattern list (`.dockerignore`, or COPY's `--exclude`) leaves out.
 
-    Patterns are compiled once, consecutive patterns of the same sign into one regular
-    expression: only where the sign changes does the decision take another step. Decisions
-    for directories are remembered, so a walker pays one step per path."""
+    Patterns are compiled once, consecutive patterns of the same sign into one test: only where
+    the sign changes does a decision take another step. Decisions for directories are
+    remembered, so a walker pays one step per path."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
         cleaned: list[str] = []
@@ -455,6 +511,12 @@ class Matcher:
         if run:
             groups.append((run_sign, _run_test(run)))
         self._groups = tuple(groups)
+        # most paths match nothing: with no parent matched and no plain pattern matching, no
+        # exception is tried either, so one test answers (when no plain pattern is broken)
+        plain = [c for exception, c in rules if not exception]
+        self._no_plain_match: Callable[[str], object] | None = None
+        if self._exclusions and plain and not any(isinstance(c, str) for c in plain):
+            self._no_plain_match = _run_test(plain)  # type: ignore[arg-type]
         self._single = groups[0][1] if len(groups) == 1 and not groups[0][0] else None
         self._memo: dict[str, int] = {}
         # fsutil's FilterFS: with only literal exceptions, an excluded directory is entered
@@ -488,30 +550,28 @@ class Matcher:
 
     def _simple(self, rel: str) -> int:
         # one run of plain patterns: left out when a parent was, or when one matches
-        memo = self._memo
         cut = rel.rfind("/")
         if cut > 0:
             head = rel[:cut]
-            up = memo.get(head)
+            up = self._memo.get(head)
             if up is None:
-                up = self._simple(head)
+                # only directories are remembered: a context's files would cost memory for nothing
+                up = self._memo[head] = self._simple(head)
             if up:
-                memo[rel] = 1
                 return 1
-        state = 1 if self._single(rel) else 0  # type: ignore[misc]
-        memo[rel] = state
-        return state
+        return 1 if self._single(rel) else 0  # type: ignore[misc]
 
     def _state(self, rel: str) -> int:
         """Bit 0: left out; bit n+1: run n matched here or at a parent (fsutil's MatchInfo)."""
-        memo = self._memo
         cut = rel.rfind("/")
         inherited = 0
         if cut > 0:
             head = rel[:cut]
-            inherited = memo.get(head)  # type: ignore[assignment]
+            inherited = self._memo.get(head)  # type: ignore[assignment]
             if inherited is None:
-                inherited = self._state(head)
+                inherited = self._memo[head] = self._state(head)
+        if not inherited and self._no_plain_match is not None and not self._no_plain_match(rel):
+            return 0
         matched = False
         state = 0
         bit = 2
@@ -522,9 +582,7 @@ class Matcher:
                 state |= bit
                 matched = not exception
             bit <<= 1
-        state |= matched
-        memo[rel] = state
-        return state
+        return state | matched
 
     def may_include_below(self, rel_dir: str) -> bool:
         """Whether a walker must enter the left-out directory `rel_dir` because an exception

@@ -68,6 +68,8 @@ def _stat_tree(root: Path, ignore: Matcher, h: Any) -> None:
                 rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 if ignore.matches(rel):
                     if isdir(st.st_mode) and ignore.may_include_below(rel):
+                        # the reader copies such a dir when something inside comes back: its stat counts
+                        rows.append((e.name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
                         subdirs.append(e)
                     continue
             rows.append((e.name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
