@@ -58,12 +58,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from buildpy.executor.options import BuildOptions
-    from buildpy.executor.session import OptionError, build, parse_output, parse_secret, parse_ssh
+    from buildpy.executor.session import Remote, build, parse_output, parse_secret, parse_ssh
     from buildpy.planner.args import parse_build_args
     from buildpy.planner.request import BuildRequest
+    from buildpy.registry.cache import parse_spec
 
-    if args.cache_from or args.cache_to:
-        raise OptionError("--cache-from/--cache-to need the registry cache, which buildpy does not have yet")
+    remote = Remote(_clients(args), tuple(parse_spec(c, "from") for c in args.cache_from),
+                    tuple(parse_spec(c, "to") for c in args.cache_to))
     context = Path(args.context)
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"
     labels = dict(item.partition("=")[::2] for item in args.label)
@@ -77,7 +78,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ssh_agents=dict(parse_ssh(s) for s in args.ssh),
     )
     outputs = [parse_output(o) for o in args.output]
-    result = build(_store(args), request, options, tags=args.tag, outputs=outputs, progress=args.progress)
+    result = build(_store(args), request, options, tags=args.tag, outputs=outputs, progress=args.progress,
+                   remote=remote)
     if args.iidfile:
         Path(args.iidfile).write_text(result.image.id)
     if args.progress == "quiet":
@@ -116,6 +118,156 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
                    help="network.host or security.insecure")
     p.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
                    help="layer compression")
+    _registry_flags(p)
+
+
+# registries: pull, push, login, logout
+
+
+def _clients(args: argparse.Namespace):  # noqa: ANN202 - registry.pull.Clients, imported when used
+    from buildpy.registry.pull import Clients
+
+    return Clients(_settings(args))
+
+
+def _settings(args: argparse.Namespace):  # noqa: ANN202 - registry.transport.Settings
+    from buildpy.registry.transport import Settings
+
+    return Settings.from_env(insecure=args.insecure_registry + getattr(args, "insecure_here", []),
+                             ca_certs=args.ca_cert + getattr(args, "ca_cert_here", []))
+
+
+def _blob_progress(verb: str, quiet: bool = False):  # noqa: ANN202
+    """Docker's per-blob lines: `a1b2c3d4e5f6: Pull complete`."""
+    import threading
+
+    lock = threading.Lock()
+    words = {"exists": "Already exists" if verb == "Pull" else "Layer already exists",
+             "done": f"{verb} complete" if verb == "Pull" else "Pushed"}
+
+    def report(digest: str, state: str, done: int, total: int) -> None:
+        if quiet or state in ("progress", "start"):
+            return
+        text = words.get(state) or state[:1].upper() + state[1:]
+        with lock:
+            print(f"{digest.split(':', 1)[-1][:12]}: {text}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from buildpy.registry.pull import pull
+
+    name, image = pull(_store(args), args.ref, _clients(args), args.platform or None,
+                       _blob_progress("Pull", args.quiet))
+    if args.quiet:
+        print(_familiar(name))
+    else:
+        print(f"Digest: {image.digest}", file=sys.stderr)
+        print(f"Downloaded {_familiar(name)}", file=sys.stderr)
+        print(_familiar(name))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from buildpy.registry.push import push
+
+    target, digest = push(_store(args), args.name, args.dest, _clients(args), _blob_progress("Push", args.quiet))
+    size = _store(args).blob_size(digest) if _store(args).has_blob(digest) else 0
+    if not args.quiet:
+        print(f"{target.tag or target.digest}: digest: {digest} size: {size}", file=sys.stderr)
+    print(f"{target.familiar_repository}@{digest}")
+    return 0
+
+
+def _registry_domain(text: str) -> str:
+    from buildpy.registry.transport import DOCKER_HUB
+
+    text = text.strip()
+    for prefix in ("https://", "http://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    text = text.split("/", 1)[0]
+    if not text or text in ("index.docker.io", "registry-1.docker.io"):
+        return DOCKER_HUB
+    return text
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    from buildpy.registry import auth
+    from buildpy.registry.client import Client
+
+    domain = _registry_domain(args.registry or "")
+    username = args.username
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif args.password is not None:
+        print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
+        password = args.password
+    else:
+        import getpass
+
+        if not username:
+            username = input("Username: ").strip()
+        password = getpass.getpass("Password: ")
+    if not username or not password:
+        raise UsageError("login needs a username and a password")
+    creds = auth.Credentials(username, password)
+    Client(domain, _settings(args), creds).ping()
+    auth.store(domain, creds)
+    print("Login Succeeded")
+    return 0
+
+
+def _cmd_logout(args: argparse.Namespace) -> int:
+    from buildpy.registry import auth
+
+    domain = _registry_domain(args.registry or "")
+    if auth.erase(domain):
+        print(f"Removing login credentials for {domain}")
+    else:
+        print(f"Not logged in to {domain}")
+    return 0
+
+
+def _registry_flags(p: argparse.ArgumentParser) -> None:
+    # their own dests: a subcommand's default would overwrite the same flag given before it
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT", dest="insecure_here",
+                   help="allow plain http to this registry (also $BUILDPY_INSECURE_REGISTRIES)")
+    p.add_argument("--ca-cert", action="append", default=[], metavar="FILE", dest="ca_cert_here",
+                   help="trust this CA certificate for registries' TLS (besides the system's)")
+
+
+def _registry_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("pull", help="download an image from a registry",
+                            description="Download an image (the layers the store lacks) and tag it.")
+    p.set_defaults(handler=_cmd_pull)
+    p.add_argument("ref", metavar="REF", help="NAME[:TAG] or NAME@DIGEST")
+    p.add_argument("--platform", metavar="OS/ARCH", help="the platform to pick from an index (default: the host's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the name")
+    _registry_flags(p)
+
+    p = commands.add_parser("push", help="upload an image to a registry",
+                            description="Upload an image: only the blobs the registry lacks, then its manifest.")
+    p.set_defaults(handler=_cmd_push)
+    p.add_argument("name", metavar="NAME[:TAG]", help="the image in the store")
+    p.add_argument("dest", metavar="DEST_REF", nargs="?", help="where to push (default: NAME)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the pushed digest")
+    _registry_flags(p)
+
+    p = commands.add_parser("login", help="keep credentials for a registry",
+                            description="Check credentials with the registry and keep them as docker does.")
+    p.set_defaults(handler=_cmd_login)
+    p.add_argument("registry", metavar="REGISTRY", nargs="?", help="the registry host (default: Docker Hub)")
+    p.add_argument("-u", "--username")
+    p.add_argument("-p", "--password")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _registry_flags(p)
+
+    p = commands.add_parser("logout", help="forget credentials for a registry",
+                            description="Remove the kept credentials of a registry.")
+    p.set_defaults(handler=_cmd_logout)
+    p.add_argument("registry", metavar="REGISTRY", nargs="?", help="the registry host (default: Docker Hub)")
 
 
 # the store: images, tag, rmi, inspect, load, export, prune, fsck
@@ -368,6 +520,10 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("BUILDPY_ROOT"),
         help="the store (default $BUILDPY_ROOT, else $XDG_DATA_HOME/buildpy)",
     )
+    top.add_argument("--insecure-registry", action="append", default=[], metavar="HOST:PORT",
+                     help="allow plain http to this registry (also $BUILDPY_INSECURE_REGISTRIES)")
+    top.add_argument("--ca-cert", action="append", default=[], metavar="FILE",
+                     help="trust this CA certificate for registries' TLS (besides the system's)")
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
 
     p = commands.add_parser(
@@ -382,6 +538,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_parse)
     _build_command(commands)
     _store_commands(commands)
+    _registry_commands(commands)
     return top
 
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# the registry fixtures (registry, auth_registry, tls_registry) for every test module
+pytest_plugins = ["tests.registries"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CONFORMANCE = SHARED / "conformance"

@@ -243,10 +243,15 @@ def test_iidfile_quiet_and_outputs(store, tmp_path, capsys):
     assert (tmp_path / "local" / "bin" / "busybox").exists()
 
 
-def test_registry_cache_is_refused_by_name(store, tmp_path, capsys):
+def test_cache_spec_mistakes_are_named(store, tmp_path, capsys):
     ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
-    rc, err = build(store, ctx, "--cache-to", "type=registry,ref=x", capsys=capsys)
-    assert rc == 1 and "--cache-to" in err
+    for flag, spec, says in [("--cache-to", "type=s3,bucket=x", "type must be registry or local"),
+                             ("--cache-to", "type=registry", "ref= is required"),
+                             ("--cache-to", "type=registry,ref=x,mode=all", "mode must be min or max"),
+                             ("--cache-from", "type=local,dest=x", "src= is required"),
+                             ("--cache-to", "type=local,dest=d,colour=red", "unknown option 'colour'")]:
+        rc, err = build(store, ctx, flag, spec, capsys=capsys)
+        assert rc == 1 and flag in err and says in err and "Traceback" not in err, err
 
 
 def test_history_and_empty_layers_as_buildkit_writes_them(store, tmp_path, capsys):

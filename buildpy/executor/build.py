@@ -17,12 +17,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildpy.cas import buildcache
 from buildpy.cas.buildcache import CacheRecord
@@ -33,6 +33,9 @@ from buildpy.executor.options import BuildOptions, BuildResult
 from buildpy.executor.progress import Progress
 from buildpy.planner.explain import Previous
 from buildpy.planner.plan import Plan, Step, StagePlan
+
+if TYPE_CHECKING:
+    from buildpy.registry.blobsource import BlobSource
 
 COMMENT = "buildkit.dockerfile.v0"
 
@@ -62,14 +65,21 @@ def rfc3339(ts: float) -> str:
 
 
 def execute(store: Store, plan: Plan, options: BuildOptions, progress: Progress,
-            previous: Previous | None = None) -> BuildResult:
-    return _Execution(store, plan, options, progress, previous).run()
+            previous: Previous | None = None, *, imported: Mapping[str, CacheRecord] | None = None,
+            blobs: BlobSource | None = None) -> BuildResult:
+    """Run `plan`. `imported`: cache records from `--cache-from`, whose layers `blobs` fetches
+    (with those of base images resolved in a registry) when a step or the image needs them."""
+    return _Execution(store, plan, options, progress, previous, imported or {}, blobs).run()
 
 
 class _Execution:
     def __init__(self, store: Store, plan: Plan, options: BuildOptions, progress: Progress,
-                 previous: Previous | None) -> None:
+                 previous: Previous | None, imported: Mapping[str, CacheRecord],
+                 blobs: BlobSource | None) -> None:
         self.store = store
+        self.imported = imported
+        self.blobs = blobs
+        self.records: list[tuple[int, str, CacheRecord]] = []
         self.plan = plan
         self.options = options
         self.progress = progress
@@ -110,13 +120,14 @@ class _Execution:
                 if errors:
                     raise errors[0]
                 state = self.futures[self.plan.target].result()
+                self.need(state.layers)
                 image = self._write(self.plan.stages[self.plan.target], state)
         except KeyboardInterrupt:
             self.failed.set()
             raise
         finally:
             self._cleanup()
-        return BuildResult(image, self.ran, self.cached)
+        return BuildResult(image, self.ran, self.cached, tuple(self.records))
 
     def _write(self, stage: StagePlan, state: StageState) -> Image:
         config = {k: v for k, v in stage.config.items()}
@@ -174,7 +185,7 @@ class _Execution:
             for index in self._reads(step):  # what it copies or mounts from, ready first
                 self._wait(index)
             self.progress.start(step)
-            record = None if no_cache else buildcache.lookup(self.store, step.key)
+            record = None if no_cache else self._lookup(step.key)
             if record is not None:
                 self.progress.cached(step)
                 with self.counts_lock:
@@ -188,9 +199,28 @@ class _Execution:
             if record.layer is not None:
                 state.layers.append(record.layer)
                 state.diff_ids.append(record.diff_id)
+            with self.counts_lock:
+                self.records.append((stage.index, step.key, record))
             state.created = record.created or state.created
             state.history.append(self._history(step, state.created, empty=record.layer is None))
         return state
+
+    def _lookup(self, key: str) -> CacheRecord | None:
+        record = buildcache.lookup(self.store, key)
+        if record is not None:
+            return record
+        record = self.imported.get(key)
+        if record is None:
+            return None
+        if record.layer is not None and (self.blobs is None or not self.blobs.can_fetch(record.layer.digest)):
+            return None
+        buildcache.record(self.store, key, record)  # a miss here until its layer is fetched
+        return record
+
+    def need(self, layers: list[Descriptor]) -> None:
+        """The blobs of `layers` in the store: fetched now if they are only in a registry."""
+        if self.blobs is not None:
+            self.blobs.ensure(layers)
 
     def _history(self, step: Step, created: str, empty: bool) -> dict[str, Any]:
         entry: dict[str, Any] = {"created": created, "created_by": step.history, "comment": COMMENT}
@@ -251,6 +281,7 @@ class _Execution:
             if key in self.roots:
                 return self.roots[key]
         target = self.tmp_dir() / f"{key[0]}-{str(key[1]).replace(':', '-')}"
+        self.need(layers)
         with snapshots.use(self.store, layers, diff_ids) as lowers:
             if lowers:
                 snapshots.materialize(lowers, target)
@@ -264,6 +295,7 @@ class _Execution:
     def lowers(self, state: StageState) -> Iterator[tuple[Path, ...]]:
         from buildpy.sandbox import snapshots
 
+        self.need(state.layers)
         with snapshots.use(self.store, state.layers, state.diff_ids) as lowers:
             yield lowers
 

@@ -74,6 +74,7 @@ def _run(ex: _Execution, step: Step, state: StageState) -> Layer | None:
         mounts.append(RunMount(type="bind", target="/dev/pipes", source=".", from_dir=pipes))
     network = ins.network if ins.network and ins.network != "default" else ex.options.network
     out = ex.progress.output
+    ex.need(state.layers)
     result = run_step(
         ex.store,
         layers=state.layers,

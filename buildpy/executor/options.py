@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from buildpy.cas.buildcache import CacheRecord
     from buildpy.cas.image import Image
 
 
@@ -30,3 +31,4 @@ class BuildResult:
     image: Image
     ran: int  # steps that ran
     cached: int  # steps reused
+    records: tuple[tuple[int, str, CacheRecord], ...] = ()  # (stage index, key, record) of every step

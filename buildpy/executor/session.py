@@ -12,17 +12,32 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
+from buildpy.cas.image import Image
 from buildpy.cas.store import Store
 from buildpy.executor.options import BuildOptions, BuildResult
 from buildpy.planner.request import BuildRequest, identity
+
+if TYPE_CHECKING:
+    from buildpy.registry.cache import CacheSpec
+    from buildpy.registry.pull import Clients
 
 
 class OptionError(Exception):
     """A build flag's value is wrong or names something buildpy does not do."""
 
     user_facing = True
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What a build reaches outside the store: registries (for FROM images the store lacks,
+    `--output type=registry`) and the `--cache-from`/`--cache-to` caches."""
+
+    clients: Clients | None = None
+    cache_from: tuple[CacheSpec, ...] = ()
+    cache_to: tuple[CacheSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,11 +62,11 @@ def parse_output(text: str) -> Output:
     name = fields.pop("name", "")
     if kind not in ("oci", "docker", "local", "registry", "image"):
         raise OptionError(f"invalid --output {text!r}: type must be oci, docker, local or registry")
-    if kind in ("registry", "image") and fields.get("push", "true" if kind == "registry" else "false") == "true":
-        raise OptionError("--output type=registry needs the registry client (`buildpy push`), "
-                          "which buildpy does not have yet")
-    if kind == "image":
-        kind = "store"
+    push = fields.pop("push", "true" if kind == "registry" else "false")
+    if push not in ("true", "false"):
+        raise OptionError(f"invalid --output {text!r}: push must be true or false")
+    if kind in ("registry", "image"):
+        kind = "registry" if push == "true" else "store"
     elif not dest:
         raise OptionError(f"invalid --output {text!r}: dest= is required for type={kind}")
     if fields:
@@ -115,6 +130,7 @@ def build(
     outputs: Sequence[Output] = (),
     progress: str = "auto",
     stream: TextIO | None = None,
+    remote: Remote | None = None,
 ) -> BuildResult:
     from buildpy.planner import fastpath
     from buildpy.planner.dockerignore import read_patterns
@@ -122,10 +138,11 @@ def build(
     if not request.context.is_dir():
         raise OptionError(f"the build context {request.context} is not a directory")
     stream = stream or sys.stderr
+    remote = remote or Remote()
     ident = identity(request)
     patterns = read_patterns(request.context, request.dockerfile)
     fingerprint = ""
-    if not options.no_cache and not options.no_cache_filter:
+    if not options.no_cache and not options.no_cache_filter and not remote.cache_to:
         try:
             dockerfile = request.dockerfile.read_bytes()
         except OSError:
@@ -134,10 +151,10 @@ def build(
         remembered = fastpath.recall(store, ident, fingerprint)
         if remembered is not None and all(tag in remembered.names for tag in tags):
             result = _remembered(store, remembered, progress, stream)
-            return _finish(store, result, [remembered.names[tag] for tag in tags], outputs)
+            return _finish(store, result, [remembered.names[tag] for tag in tags], outputs, remote, stream)
     names = tag_names(tags)
-    result = _build(store, request, options, ident, patterns, fingerprint, progress, stream, names)
-    return _finish(store, result, list(names.values()), outputs)
+    result = _build(store, request, options, ident, patterns, fingerprint, progress, stream, names, remote)
+    return _finish(store, result, list(names.values()), outputs, remote, stream)
 
 
 def tag_names(tags: Sequence[str]) -> dict[str, str]:
@@ -168,18 +185,19 @@ def _remembered(store: Store, remembered, progress: str, stream: TextIO) -> Buil
 
 
 def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: str, patterns: list[str],
-           fingerprint: str, progress: str, stream: TextIO, names: dict[str, str]) -> BuildResult:
+           fingerprint: str, progress: str, stream: TextIO, names: dict[str, str], remote: Remote) -> BuildResult:
     warm = threading.Thread(target=_warm_up, args=(store,), name="warm-up")
     warm.start()
     try:
-        return _plan_and_run(store, request, options, ident, patterns, fingerprint, progress, stream, names)
+        return _plan_and_run(store, request, options, ident, patterns, fingerprint, progress, stream, names, remote)
     finally:
         # never left running into interpreter shutdown: libseccomp's compile crashes there
         warm.join()
 
 
 def _plan_and_run(store: Store, request: BuildRequest, options: BuildOptions, ident: str, patterns: list[str],
-                  fingerprint: str, progress: str, stream: TextIO, names: dict[str, str]) -> BuildResult:
+                  fingerprint: str, progress: str, stream: TextIO, names: dict[str, str],
+                  remote: Remote) -> BuildResult:
     from buildpy.executor.build import execute
     from buildpy.executor.progress import make_progress
     from buildpy.planner import fastpath
@@ -188,21 +206,33 @@ def _plan_and_run(store: Store, request: BuildRequest, options: BuildOptions, id
     from buildpy.planner.explain import Previous
     from buildpy.planner.plan import make_plan
 
+    from buildpy.registry.blobsource import BlobSource
+
     reader = ContextReader(request.context, ignore=Matcher(patterns), stat_cache=store.root / "statcache" / ident)
-    plan = make_plan(store, request, reader)
+    blobs = BlobSource(store)
+    imported = _import_caches(store, remote, blobs, progress, stream)
+    fetched: dict[str, Image] = {}
+    plan = make_plan(store, request, reader, _image_fetcher(store, remote, blobs, fetched))
+    if imported.mounts:
+        _restore_cache_mounts(store, plan, imported, blobs, progress, stream)
     if plan.unused_args and progress != "quiet":
         stream.write(f"warning: build-args not consumed by any ARG: {', '.join(plan.unused_args)}\n")
     previous = Previous(store, ident)
     steps = [s for s in plan.steps() if s.op != "meta"]
     view = make_progress(progress, len(steps), stream)
     try:
-        result = execute(store, plan, options, view, previous)
+        result = execute(store, plan, options, view, previous, imported=imported.records, blobs=blobs)
     finally:
         view.close()
         for path in plan.temp_dirs:
             shutil.rmtree(path, ignore_errors=True)
     reader.save()
     previous.save(store, plan)
+    for name, image in fetched.items():  # a base image fetched whole is kept, as `pull` keeps it
+        if store.get_ref(name) is None and all(store.has_blob(d.digest) for d in image.layers):
+            store.set_ref(name, image.manifest_descriptor)
+    for spec in remote.cache_to:
+        _export_cache(store, plan, result, spec, remote, blobs, progress, stream)
     if fingerprint and not plan.temp_dirs:
         fastpath.remember(store, ident, fingerprint, result.image.manifest_descriptor.to_json(), dict(plan.bases),
                           [s.label for s in steps], names)
@@ -225,20 +255,33 @@ def _warm_up(store: Store) -> None:
         pass
 
 
-def _finish(store: Store, result: BuildResult, names: list[str], outputs: Sequence[Output]) -> BuildResult:
+def _finish(store: Store, result: BuildResult, names: list[str], outputs: Sequence[Output], remote: Remote,
+            stream: TextIO) -> BuildResult:
     for name in names:
         current = store.get_ref(name)
         if current is None or current.digest != result.image.digest:
             store.set_ref(name, result.image.manifest_descriptor)
     for out in outputs:
-        _export(store, result, out, names)
+        _export(store, result, out, names, remote, stream)
     return result
 
 
-def _export(store: Store, result: BuildResult, out: Output, names: list[str]) -> None:
+def _export(store: Store, result: BuildResult, out: Output, names: list[str], remote: Remote,
+            stream: TextIO) -> None:
     from buildpy.cas import archive
 
     if out.type == "store":
+        return
+    if out.type == "registry":
+        from buildpy.registry.push import push
+        from buildpy.registry.pull import Clients
+
+        targets = [out.name] if out.name else names
+        if not targets:
+            raise OptionError("--output type=registry needs an image name: give -t NAME or name=NAME")
+        for target in targets:
+            ref, digest = push(store, result.image.digest, target, remote.clients or Clients())
+            stream.write(f"pushed {ref} ({digest})\n")
         return
     if out.type == "local":
         _unpack_to(store, result, Path(out.dest))
@@ -263,3 +306,98 @@ def _unpack_to(store: Store, result: BuildResult, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for layer in result.image.layers:
         unpack_blob(store, layer, dest, whiteouts="apply")
+
+
+# --- registries and remote caches --------------------------------------------------------------
+
+
+class _NoCache:
+    records: dict = {}  # noqa: RUF012 - never written
+    mounts: dict = {}  # noqa: RUF012
+
+
+def _import_caches(store: Store, remote: Remote, blobs, progress: str, stream: TextIO):  # noqa: ANN001, ANN202
+    """Every `--cache-from`, merged (the first to name a key wins). A cache that cannot be read
+    is a warning, as BuildKit has it: the build goes on without it."""
+    if not remote.cache_from:
+        return _NoCache()
+    from buildpy.registry.cache import Imported, import_cache
+    from buildpy.registry.pull import Clients
+
+    merged = Imported()
+    for spec in remote.cache_from:
+        try:
+            got = import_cache(store, spec, remote.clients or Clients(), blobs)
+        except Exception as e:
+            if not getattr(e, "user_facing", False):
+                raise
+            stream.write(f"warning: cache import from {spec.ref or spec.path} failed: {e}\n")
+            continue
+        for key, rec in got.records.items():
+            merged.records.setdefault(key, rec)
+        for name, desc in got.mounts.items():
+            merged.mounts.setdefault(name, desc)
+        if progress != "quiet":
+            stream.write(f"imported cache {spec.ref or spec.path}: {len(got.records)} steps"
+                         + (f", {len(got.mounts)} cache mounts" if got.mounts else "") + "\n")
+    return merged
+
+
+def _image_fetcher(store: Store, remote: Remote, blobs, fetched: dict):  # noqa: ANN001, ANN202
+    """FROM (or --from) an image the store lacks: its manifest and config now, its layers when
+    a step or the image needs them."""
+    def fetch(word: str, platform: str):  # noqa: ANN202
+        from buildpy.registry.pull import Clients, resolve
+
+        resolved = resolve(store, word, remote.clients or Clients(), platform)
+        blobs.add_registry(resolved.client, resolved.repo, resolved.image.layers)
+        ref = resolved.reference
+        name = ref.name if ref.digest else ref.with_tag(ref.tag or "latest").name
+        fetched[name] = resolved.image
+        return name, resolved.image
+
+    return fetch
+
+
+def _cache_mount_names(plan) -> list[str]:  # noqa: ANN001
+    from buildpy.sandbox.mounts import cache_dir_name
+
+    names = []
+    for step in plan.steps():
+        for m in step.mounts:
+            if m.type == "cache":
+                names.append(cache_dir_name(m.options.id or "", m.target))
+    return list(dict.fromkeys(names))
+
+
+def _restore_cache_mounts(store: Store, plan, imported, blobs, progress: str, stream: TextIO) -> None:  # noqa: ANN001
+    from buildpy.registry.cache import restore_mounts
+    from buildpy.sandbox.mounts import cache_root
+
+    restored = restore_mounts(imported, _cache_mount_names(plan), cache_root(store), store, blobs)
+    if restored and progress != "quiet":
+        stream.write(f"restored cache mounts: {', '.join(restored)}\n")
+
+
+def _export_cache(store: Store, plan, result: BuildResult, spec, remote: Remote, blobs, progress: str,  # noqa: ANN001
+                  stream: TextIO) -> None:
+    from buildpy.registry.cache import Entry, export, mount_layers
+    from buildpy.registry.pull import Clients
+    from buildpy.sandbox.mounts import cache_root
+
+    wanted = set(plan.order)
+    if spec.mode == "min":  # the steps whose layers the image holds: the target and the stages it is FROM
+        wanted, index = set(), plan.target
+        while index is not None:
+            wanted.add(index)
+            base = plan.stages[index].base
+            index = base.stage if base.kind == "stage" else None
+    entries = [Entry(key, rec) for stage, key, rec in result.records if stage in wanted]
+    mounts = []
+    if spec.cache_mounts:
+        root = cache_root(store)
+        mounts = mount_layers(store, [(name, root / name) for name in _cache_mount_names(plan)])
+    digest = export(store, spec, entries, mounts, remote.clients or Clients(), blobs)
+    if progress != "quiet":
+        stream.write(f"exported cache {spec.ref or spec.path}: {len(entries)} steps"
+                     + (f", {len(mounts)} cache mounts" if mounts else "") + f" ({digest})\n")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -165,19 +165,25 @@ def read_dockerfile(path: Path, name: str) -> Dockerfile:
     return stages_from(parse(source, name))
 
 
-def make_plan(store: Store, request: BuildRequest, context_reader: ContextReader) -> Plan:
-    """Plan the build of `request`'s target: every needed stage, every step, every key."""
+ImageFetcher = Callable[[str, str], tuple[str, Image]]  # (reference, platform) → (ref name, image)
+
+
+def make_plan(store: Store, request: BuildRequest, context_reader: ContextReader,
+              fetch_image: ImageFetcher | None = None) -> Plan:
+    """Plan the build of `request`'s target: every needed stage, every step, every key.
+    `fetch_image` is asked for an image the store lacks (the executor's registry pull)."""
     name = request.dockerfile.name if request.dockerfile.parent == request.context else str(request.dockerfile)
     dockerfile = read_dockerfile(request.dockerfile, name)
     platform = request.platform or host_platform()
     epoch = argslib.source_date_epoch(request.build_args)
-    return _Planner(store, request, dockerfile, platform, epoch, context_reader).plan()
+    return _Planner(store, request, dockerfile, platform, epoch, context_reader, fetch_image).plan()
 
 
 class _Planner:
     def __init__(self, store: Store, request: BuildRequest, dockerfile: Dockerfile, platform: str,
-                 epoch: int | None, reader: ContextReader) -> None:
+                 epoch: int | None, reader: ContextReader, fetch_image: ImageFetcher | None = None) -> None:
         self.store = store
+        self.fetch_image = fetch_image
         self.request = request
         self.dockerfile = dockerfile
         self.platform = platform
@@ -269,10 +275,19 @@ class _Planner:
         except InvalidReference as e:
             raise DockerfileError(f"invalid reference {word!r}: {e}", where.file, where.line, where.col) from None
         except StoreError:
-            raise PlanError(
-                f"{where.file}:{where.line}: image {word!r} is not in the store; "
-                f"add it with `buildpy load FILE` (or `buildpy pull {word}`)"
-            ) from None
+            if self.fetch_image is None:
+                raise PlanError(
+                    f"{where.file}:{where.line}: image {word!r} is not in the store; "
+                    f"add it with `buildpy load FILE` (or `buildpy pull {word}`)"
+                ) from None
+            try:
+                name, image = self.fetch_image(word, platform)
+            except Exception as e:
+                if getattr(e, "user_facing", False):
+                    raise PlanError(f"{where.file}:{where.line}: image {word!r} is not in the store and cannot be "
+                                    f"pulled ({e}); add it with `buildpy load FILE`") from None
+                raise
+            descriptor = image.manifest_descriptor
         self.images[(word, platform)] = image
         if name is not None:  # by digest alone it cannot change
             self.bases[name] = descriptor.digest

@@ -215,6 +215,11 @@ def _chown(path: Path, uid: int, gid: int, uid_map: IdMap | None, gid_map: IdMap
         raise MountError(f"cannot give {path} to {uid}:{gid} (host {host[0]}:{host[1]}) without root") from None
 
 
+def cache_dir_name(mount_id: str, target: str) -> str:
+    """The directory under `cache_root` a cache mount uses (its id, else its target)."""
+    return _cache_name(mount_id or os.path.normpath("/" + target.lstrip("/")))
+
+
 def _cache_name(key: str) -> str:
     name = urllib.parse.quote(key, safe="")
     if len(name) > 200 or name.startswith("."):
@@ -231,7 +236,7 @@ def _cache(
         raise MountError(f"unsupported sharing value {sharing!r}")
     root = cache_root(store)
     root.mkdir(exist_ok=True)
-    name = _cache_name(m.id or target)
+    name = cache_dir_name(m.id, target)
     if sharing == "private":
         for i in range(1 << 16):
             candidate = name if i == 0 else f"{name}.private-{i}"
