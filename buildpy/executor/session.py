@@ -189,7 +189,11 @@ def _build(store: Store, request: BuildRequest, options: BuildOptions, ident: st
     warm = threading.Thread(target=_warm_up, args=(store,), name="warm-up")
     warm.start()
     try:
-        return _plan_and_run(store, request, options, ident, patterns, fingerprint, progress, stream, names, remote)
+        # leased from the plan on: what planning fetches (a base image's manifest and config, an
+        # imported cache's) has no ref until the build ends, and prune must not take it
+        with store.lease():
+            return _plan_and_run(store, request, options, ident, patterns, fingerprint, progress, stream, names,
+                                 remote)
     finally:
         # never left running into interpreter shutdown: libseccomp's compile crashes there
         warm.join()

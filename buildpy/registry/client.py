@@ -285,7 +285,9 @@ class Client:
                 r.raw.close()
                 drops += 1
                 if drops > 3:
-                    raise RegistryError(f"{what}: the connection keeps dropping ({type(e).__name__})") from None
+                    how = "timed out" if "timeout" in type(e).__name__.lower() or "timed out" in str(e) else "cut off"
+                    raise RegistryError(f"{what}: {writer.hasher.size} of {desc.size} bytes arrived; "
+                                        f"the connection was {how} {drops} times") from None
                 continue
             if writer.hasher.size < desc.size:
                 drops += 1
