@@ -178,3 +178,31 @@ def test_from_an_image_only_the_registry_has_and_output_registry(registry, pushe
     rc, out = cli(fresh, "pull", target, capsys=capsys)
     assert rc == 0, out
     assert resolve(fresh, target)[1].digest == image.digest
+
+
+def test_damaged_local_cache_is_a_warning(registry, pushed_base, tmp_path, capsys):
+    import hashlib
+
+    ctx = context(tmp_path, pushed_base)
+    root = tmp_path / "bad-cache"
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        hexd = hashlib.sha256(data).hexdigest()
+        (blobs / hexd).write_bytes(data)
+        return f"sha256:{hexd}"
+
+    config = json.dumps({"records": {"k": {"layer": -1, "diff_id": "sha256:" + "0" * 64}}}).encode()
+    manifest = json.dumps({"schemaVersion": 2, "config": {
+        "mediaType": "application/vnd.buildpy.cache.config.v1+json", "digest": put(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(b"x"), "size": 1}]
+    }).encode()
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(manifest), "size": len(manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+    store = Store(tmp_path / "s")
+    rc, out = cli(store, "build", "--progress", "plain", "--cache-from", f"type=local,src={root}", str(ctx),
+                  capsys=capsys)
+    assert rc == 0, out
+    assert "warning: cache import" in out and "damaged cache config" in out and "out of range" in out, out

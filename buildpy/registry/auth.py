@@ -122,10 +122,7 @@ def _run_helper(helper: str, verb: str, data: str) -> str:
 
 def lookup(host: str, environ: Mapping[str, str] | None = None) -> Credentials:
     """The stored credentials for a registry host (anonymous when none)."""
-    path = config_dir(environ) / "config.json"
-    config = _read_config(path)
-    key = _auth_key(host)
-    helper = _helper_for(config, key)
+    path, config, key, helper = _where(host, environ)
     if helper:
         out = _run_helper(helper, "get", key)
         if out:
@@ -155,13 +152,17 @@ def lookup(host: str, environ: Mapping[str, str] | None = None) -> Credentials:
     return Credentials(user, password, str(entry.get("identitytoken", "")))
 
 
-def store(host: str, creds: Credentials, environ: Mapping[str, str] | None = None) -> Path:
-    """Keep credentials as docker does (a helper when configured, else config.json, 0600)."""
-    directory = config_dir(environ)
-    path = directory / "config.json"
+def _where(host: str, environ: Mapping[str, str] | None) -> tuple[Path, dict, str, str]:
+    """(config.json's path, its contents, the host's key in it, the host's credential helper)."""
+    path = config_dir(environ) / "config.json"
     config = _read_config(path)
     key = _auth_key(host)
-    helper = _helper_for(config, key)
+    return path, config, key, _helper_for(config, key)
+
+
+def store(host: str, creds: Credentials, environ: Mapping[str, str] | None = None) -> Path:
+    """Keep credentials as docker does (a helper when configured, else config.json, 0600)."""
+    path, config, key, helper = _where(host, environ)
     if helper:
         _run_helper(helper, "store", json.dumps({"ServerURL": key, "Username": creds.username,
                                                  "Secret": creds.password}))
@@ -171,16 +172,12 @@ def store(host: str, creds: Credentials, environ: Mapping[str, str] | None = Non
     if creds.identity_token:
         entry = {"identitytoken": creds.identity_token}
     auths[key] = entry
-    _write_config(directory, path, config)
+    _write_config(path, config)
     return path
 
 
 def erase(host: str, environ: Mapping[str, str] | None = None) -> bool:
-    directory = config_dir(environ)
-    path = directory / "config.json"
-    config = _read_config(path)
-    key = _auth_key(host)
-    helper = _helper_for(config, key)
+    path, config, key, helper = _where(host, environ)
     if helper:
         _run_helper(helper, "erase", key)
         return True
@@ -188,12 +185,12 @@ def erase(host: str, environ: Mapping[str, str] | None = None) -> bool:
     if key not in auths:
         return False
     del auths[key]
-    _write_config(directory, path, config)
+    _write_config(path, config)
     return True
 
 
-def _write_config(directory: Path, path: Path, config: dict) -> None:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _write_config(path: Path, config: dict) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

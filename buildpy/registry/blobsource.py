@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from buildpy.cas.media import Descriptor
 from buildpy.cas.store import Store, StoreError
-from buildpy.registry import origins
+from buildpy.registry import origins, parallel
 from buildpy.registry.client import Client, Progress, _no_progress
 
 Fetcher = Callable[[Descriptor], None]
-JOBS = 4
 
 
 class BlobSource:
@@ -48,14 +46,7 @@ class BlobSource:
         for d in todo:
             if d.digest not in self._where:
                 raise StoreError(f"blob {d.digest} is neither in the store nor in a known registry")
-        if not todo:
-            return
-        if len(todo) == 1:
-            self._one(todo[0])
-            return
-        with ThreadPoolExecutor(max_workers=min(JOBS, len(todo)), thread_name_prefix="fetch") as pool:
-            for f in [pool.submit(self._one, d) for d in todo]:
-                f.result()
+        parallel.each(self._one, todo, name="fetch")
 
     def _one(self, d: Descriptor) -> None:
         with self._lock:

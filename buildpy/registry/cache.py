@@ -156,6 +156,11 @@ def _read_documents(manifest_bytes: bytes, config_bytes_of, where: str) -> tuple
         raise RegistryError(f"{where}: not a buildpy build cache (config type {config_desc.media_type})")
     if config_desc.size > CONFIG_MAX:
         raise RegistryError(f"{where}: cache config of {config_desc.size} bytes is too large")
+    def layer_at(index: object) -> Descriptor:
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(layers):
+            raise ValueError(f"layer index {index!r} out of range")
+        return layers[index]
+
     try:
         config = json.loads(config_bytes_of(config_desc))
         out = Imported()
@@ -166,11 +171,11 @@ def _read_documents(manifest_bytes: bytes, config_bytes_of, where: str) -> tuple
                 continue
             diff_id = str(rec["diff_id"])
             hex_of(diff_id)
-            out.records[str(key)] = CacheRecord(layers[int(index)], diff_id, str(rec.get("created", "")))
+            out.records[str(key)] = CacheRecord(layer_at(index), diff_id, str(rec.get("created", "")))
         for name, index in (config.get("mounts") or {}).items():
             if "/" in name or name in ("", ".", "..") or name.startswith("."):
                 raise ValueError(f"cache mount name {name!r}")
-            out.mounts[str(name)] = layers[int(index)]
+            out.mounts[str(name)] = layer_at(index)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
         raise RegistryError(f"{where}: damaged cache config ({e})") from None
     return out, layers

@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from buildpy.cas.image import Image, check_manifest, select_manifest
 from buildpy.cas.media import CONFIGS, INDEXES, Descriptor
 from buildpy.cas.reference import Reference, parse
 from buildpy.cas.store import Store, StoreError
-from buildpy.registry import origins
+from buildpy.registry import origins, parallel
 from buildpy.registry.client import Client, Progress, _no_progress
 from buildpy.registry.transport import RegistryError, Settings
 
-JOBS = 4
+JOBS = parallel.JOBS  # blobs at once
 CONFIG_MAX = 16 << 20
 
 
@@ -99,21 +98,7 @@ def fetch(store: Store, client: Client, repo: str, descs: Iterable[Descriptor], 
     for d in descs:
         if store.has_blob(d.digest):
             progress(d.digest, "exists", d.size, d.size)
-    if not missing:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(missing))), thread_name_prefix="pull") as pool:
-        futures = [pool.submit(client.fetch_blob, repo, d, store, progress) for d in missing]
-        error: BaseException | None = None
-        for f in futures:
-            try:
-                f.result()
-            except BaseException as e:  # noqa: BLE001 - the first one is raised below
-                if error is None:
-                    error = e
-                    for other in futures:
-                        other.cancel()
-        if error is not None:
-            raise error
+    parallel.each(lambda d: client.fetch_blob(repo, d, store, progress), missing, jobs, "pull")
     origins.remember(store, [d.digest for d in missing], client.domain, repo)
 
 

@@ -6,16 +6,15 @@ after the manifests it lists.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from buildpy.cas.media import INDEXES, Descriptor
 from buildpy.cas.reference import Reference, parse
 from buildpy.cas.store import Store, StoreError
-from buildpy.registry import origins
+from buildpy.registry import origins, parallel
 from buildpy.registry.client import Client, Progress, _no_progress
-from buildpy.registry.pull import JOBS, Clients
+from buildpy.registry.parallel import JOBS
+from buildpy.registry.pull import Clients
 from buildpy.registry.transport import RegistryError
 
 
@@ -25,19 +24,7 @@ def push_blobs(store: Store, client: Client, repo: str, descs: Iterable[Descript
     todo = list({d.digest: d for d in descs}.values())
     if not todo:
         return
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))), thread_name_prefix="push") as pool:
-        futures = [pool.submit(_push_blob, store, client, repo, d, progress) for d in todo]
-        error: BaseException | None = None
-        for f in futures:
-            try:
-                f.result()
-            except BaseException as e:  # noqa: BLE001 - the first one is raised below
-                if error is None:
-                    error = e
-                    for other in futures:
-                        other.cancel()
-        if error is not None:
-            raise error
+    parallel.each(lambda d: _push_blob(store, client, repo, d, progress), todo, jobs, "push")
     origins.remember(store, [d.digest for d in todo], client.domain, repo)
 
 
@@ -93,7 +80,3 @@ def push(store: Store, source: str, dest: str | None, clients: Clients,
         digest = push_manifest(store, client, target.path, desc, target.tag or desc.digest, progress)
     origins.remember(store, [desc.digest], target.domain, target.path)
     return target, digest
-
-
-def manifest_bytes(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
