@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-# the registry fixtures (registry, auth_registry, tls_registry) for every test module
-pytest_plugins = ["tests.registries"]
+# the registry fixtures (registry, auth_registry, tls_registry, token_registry) for every test module
+pytest_plugins = ["tests.registries", "tests.tokenauth"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

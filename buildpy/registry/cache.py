@@ -219,7 +219,7 @@ def export(store: Store, spec: CacheSpec, entries: Sequence[Entry], mounts: Sequ
         # a layer never fetched here (reused from an imported cache) may already be in the
         # registry; only what is missing there has to be fetched to be sent
         for d in descs:
-            if not store.has_blob(d.digest) and not client.has_blob(repo, d.digest):
+            if not store.has_blob(d.digest) and not client.has_blob(repo, d.digest, for_push=True):
                 blobs.ensure([d])
         push_blobs(store, client, repo, [d for d in descs])
         client.put_manifest(repo, ref.tag or ref.digest or "latest", OCI_MANIFEST, manifest)

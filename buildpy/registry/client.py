@@ -49,6 +49,7 @@ class Client:
     _challenge: Challenge | None = None
     _tokens: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _fetching: dict[str, threading.Lock] = field(default_factory=dict)  # one token fetch per scope
 
     def __post_init__(self) -> None:
         self.transport = Transport(api_host(self.domain), self.settings)
@@ -81,16 +82,23 @@ class Client:
                 r.release()
                 with self._lock:
                     self._challenge = challenge
-                    self._tokens.pop(scope, None)
+                    # forget the token we sent, not one another thread has fetched since
+                    if auth_header and self._tokens.get(scope) == auth_header.partition(" ")[2]:
+                        del self._tokens[scope]
                 if body is not None and not isinstance(body, bytes):
                     raise RegistryError(f"{what}: unauthorized")
                 continue
             if follow and r.status in (301, 302, 303, 307, 308):
                 return self._follow(r, what, ok, scope)
             if r.status not in ok:
-                raise RegistryError(f"{what}: {describe(r)}")
+                raise RegistryError(f"{what}: {describe(r)}{self._login_hint(r.status)}")
             return r
-        raise RegistryError(f"{what}: {describe(r)}")  # 401 again with fresh credentials
+        raise RegistryError(f"{what}: {describe(r)}{self._login_hint(r.status)}")  # 401 again
+
+    def _login_hint(self, status: int) -> str:
+        if status in (401, 403) and self._creds().anonymous:
+            return f"; run `buildpy login {self.domain}`"
+        return ""
 
     def _follow(self, r: Response, what: str, ok: tuple[int, ...], scope: str) -> Response:
         """Blob GETs are often sent elsewhere (a CDN, object storage): our credentials go only to
@@ -131,7 +139,6 @@ class Client:
     def _authorization(self, scope: str) -> str:
         with self._lock:
             challenge = self._challenge
-            token = self._tokens.get(scope)
         if challenge is None:
             return ""
         if challenge.scheme == "basic":
@@ -139,11 +146,25 @@ class Client:
             if creds.anonymous:
                 raise RegistryError(f"{self.host}: authentication required; run `buildpy login {self.domain}`")
             return creds.basic()
+        token = self._cached_token(scope)
         if token is None:
-            token = self._token(challenge, scope)
             with self._lock:
-                self._tokens[scope] = token
+                fetching = self._fetching.setdefault(scope, threading.Lock())
+            with fetching:  # the threads of one push wait for one fetch of their scope's token
+                token = self._cached_token(scope)
+                if token is None:
+                    token = self._token(challenge, scope)
+                    with self._lock:
+                        self._tokens[scope] = token
         return f"Bearer {token}"
+
+    def _cached_token(self, scope: str) -> str | None:
+        """The token for `scope`, or one for a scope that grants more (pull,push covers pull)."""
+        with self._lock:
+            token = self._tokens.get(scope)
+            if token is None and scope.endswith(":pull") and " " not in scope:
+                token = self._tokens.get(scope + ",push")
+            return token
 
     def _token(self, challenge: Challenge, scope: str) -> str:
         realm = challenge.params.get("realm", "")
@@ -227,8 +248,11 @@ class Client:
         r.release()
         return r.headers.get("docker-content-digest") or of_bytes(data)
 
-    def has_blob(self, repo: str, digest: str) -> bool:
-        r = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", pull_scope(repo), ok=(200, 404, 307, 302),
+    def has_blob(self, repo: str, digest: str, for_push: bool = False) -> bool:
+        """Does `repo` hold the blob? (`for_push`: ask with the push scope, so one token serves
+        the HEAD and the upload after it.)"""
+        scope = push_scope(repo) if for_push else pull_scope(repo)
+        r = self.request("HEAD", f"/v2/{repo}/blobs/{digest}", scope, ok=(200, 404, 307, 302),
                          what=f"blob {self.domain}/{repo}@{digest}")
         r.release()
         return r.status != 404

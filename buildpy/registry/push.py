@@ -29,7 +29,7 @@ def push_blobs(store: Store, client: Client, repo: str, descs: Iterable[Descript
 
 
 def _push_blob(store: Store, client: Client, repo: str, d: Descriptor, progress: Progress) -> None:
-    if client.has_blob(repo, d.digest):
+    if client.has_blob(repo, d.digest, for_push=True):
         progress(d.digest, "exists", d.size, d.size)
         return
     for where in origins.lookup(store, d.digest):
