@@ -397,14 +397,6 @@ class Client:
             raise RegistryError(f"{what}: upload location on another host ({urllib.parse.urlsplit(url).netloc})")
         return url
 
-    def tags(self, repo: str) -> list[str]:
-        r = self.request("GET", f"/v2/{repo}/tags/list", pull_scope(repo), what=f"tags of {self.domain}/{repo}")
-        try:
-            obj = json.loads(r.read(MANIFEST_MAX))
-            return [t for t in obj.get("tags") or [] if isinstance(t, str)]
-        except (ValueError, AttributeError):
-            raise RegistryError(f"tags of {self.domain}/{repo}: not a tag list") from None
-
 
 class _Restart(Exception):
     pass
