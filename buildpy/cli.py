@@ -70,7 +70,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     labels = dict(item.partition("=")[::2] for item in args.label)
     request = BuildRequest(context=context, dockerfile=dockerfile, build_args=parse_build_args(args.build_arg),
                            target=args.target or None, platform=args.platform or "", labels=labels,
-                           network=args.network)
+                           network=args.network, pull=args.pull)
     options = BuildOptions(
         jobs=args.jobs, no_cache=args.no_cache, no_cache_filter=frozenset(args.no_cache_filter),
         compression="" if args.compression == "uncompressed" else args.compression, network=args.network,
@@ -99,6 +99,7 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
     p.add_argument("--target", metavar="STAGE", help="build this stage")
     p.add_argument("--no-cache", action="store_true", help="run every step (cache mounts are kept)")
+    p.add_argument("--pull", action="store_true", help="ask the registry for every FROM image, even one in the store")
     p.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
                    help="run every step of this stage")
     p.add_argument("--network", choices=("default", "none", "host"), default="default",
@@ -214,7 +215,9 @@ def _cmd_login(args: argparse.Namespace) -> int:
         raise UsageError("login needs a username and a password")
     creds = auth.Credentials(username, password)
     Client(domain, _settings(args), creds).ping()
-    auth.store(domain, creds)
+    where = auth.store(domain, creds)
+    if not auth.uses_helper(domain):
+        print(f"WARNING! Your password will be stored unencrypted in {where}.", file=sys.stderr)
     print("Login Succeeded")
     return 0
 

@@ -82,9 +82,13 @@ def test_push_wipe_pull_gives_the_same_digests_and_skopeo_reads_it(registry, tmp
     assert main(["--root", str(b.root), "fsck"]) == 0
 
 
-@pytest.mark.parametrize("fmt,media_type", [("oci", "application/vnd.oci.image.manifest.v1+json"),
-                                            ("v2s2", "application/vnd.docker.distribution.manifest.v2+json")])
-def test_we_pull_what_skopeo_pushed(registry, tmp_path, capsys, docker_config, fmt, media_type):
+@pytest.mark.parametrize("fmt,media_type,layer_type", [
+    ("oci", "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip"),
+    ("oci-zstd", "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.layer.v1.tar+zstd"),
+    ("v2s2", "application/vnd.docker.distribution.manifest.v2+json",
+     "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+])
+def test_we_pull_what_skopeo_pushed(registry, tmp_path, capsys, docker_config, fmt, media_type, layer_type):
     a = Store(tmp_path / "a")
     busybox_image(a, "busybox:1")
     rc, _, err = cli(a, "export", "--oci", "-o", str(tmp_path / "layout"), "busybox:1", capsys=capsys)
@@ -92,8 +96,9 @@ def test_we_pull_what_skopeo_pushed(registry, tmp_path, capsys, docker_config, f
     ref = f"{registry.host}/sk/busybox:{fmt}"
     index = json.loads((tmp_path / "layout" / "index.json").read_text())
     name = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
-    skopeo("copy", "--dest-tls-verify=false", "--format", fmt, f"oci:{tmp_path / 'layout'}:{name}",
-           f"docker://{ref}")
+    extra = ["--dest-compress-format", "zstd"] if fmt == "oci-zstd" else []
+    skopeo("copy", "--dest-tls-verify=false", "--format", fmt.split("-")[0], *extra,
+           f"oci:{tmp_path / 'layout'}:{name}", f"docker://{ref}")
     digest = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{ref}"))["Digest"]
 
     b = Store(tmp_path / "b")
@@ -102,6 +107,7 @@ def test_we_pull_what_skopeo_pushed(registry, tmp_path, capsys, docker_config, f
     _, image = resolve(b, ref)
     assert image.digest == digest
     assert image.manifest_descriptor.media_type == media_type
+    assert [d.media_type for d in image.layers] == [layer_type]
     assert main(["--root", str(b.root), "fsck"]) == 0
     # and it is an image we can build on
     ctx = tmp_path / "ctx"
@@ -227,6 +233,7 @@ def test_basic_auth_login_push_logout(auth_registry, tmp_path, capsys, docker_co
                        capsys=capsys, stdin=auth_registry.password + "\n", monkeypatch=monkeypatch)
     assert rc == 0 and "Login Succeeded" in out, err
     config = docker_config / "config.json"
+    assert f"stored unencrypted in {config}" in err
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert auth_registry.host in json.loads(config.read_text())["auths"]
     assert auth_registry.password not in out + err

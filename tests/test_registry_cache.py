@@ -206,3 +206,25 @@ def test_damaged_local_cache_is_a_warning(registry, pushed_base, tmp_path, capsy
                   capsys=capsys)
     assert rc == 0, out
     assert "warning: cache import" in out and "damaged cache config" in out and "out of range" in out, out
+
+
+def test_pull_flag_asks_the_registry_for_a_newer_base(registry, pushed_base, tmp_path, capsys):
+    store = Store(tmp_path / "s")
+    ctx = tmp_path / "ctx3"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {pushed_base}\nRUN cat /etc/release > /seen\n")
+    # the store has an older image under the same name; the registry gets a newer one
+    busybox_image(store, pushed_base, extra={"etc/release": "old\n"})
+    newer = Store(tmp_path / "newer")
+    busybox_image(newer, "busybox:2", extra={"etc/release": "new\n"})
+    assert cli(newer, "push", "busybox:2", pushed_base, capsys=capsys)[0] == 0
+
+    rc, out = cli(store, "build", "--progress", "plain", "-t", "app:old", str(ctx), capsys=capsys)
+    assert rc == 0, out
+    rc, out = cli(store, "build", "--progress", "plain", "--pull", "-t", "app:new", str(ctx), capsys=capsys)
+    assert rc == 0, out
+    from tests.test_build import image_files
+
+    assert image_files(store, "app:old")["seen"][2] == b"old\n"
+    assert image_files(store, "app:new")["seen"][2] == b"new\n"
+    assert resolve(store, pushed_base)[1].digest == resolve(newer, "busybox:2")[1].digest  # the ref moved on

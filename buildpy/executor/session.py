@@ -142,7 +142,7 @@ def build(
     ident = identity(request)
     patterns = read_patterns(request.context, request.dockerfile)
     fingerprint = ""
-    if not options.no_cache and not options.no_cache_filter and not remote.cache_to:
+    if not options.no_cache and not options.no_cache_filter and not remote.cache_to and not request.pull:
         try:
             dockerfile = request.dockerfile.read_bytes()
         except OSError:
@@ -233,7 +233,8 @@ def _plan_and_run(store: Store, request: BuildRequest, options: BuildOptions, id
     reader.save()
     previous.save(store, plan)
     for name, image in fetched.items():  # a base image fetched whole is kept, as `pull` keeps it
-        if store.get_ref(name) is None and all(store.has_blob(d.digest) for d in image.layers):
+        current = store.get_ref(name)
+        if (current is None or current.digest != image.digest) and all(store.has_blob(d.digest) for d in image.layers):
             store.set_ref(name, image.manifest_descriptor)
     for spec in remote.cache_to:
         _export_cache(store, plan, result, spec, remote, blobs, progress, stream)

@@ -266,10 +266,13 @@ class _Planner:
         if (word, platform) in self.images:
             return self.images[(word, platform)]
         from buildpy.cas.image import load_image
-        from buildpy.cas.reference import InvalidReference, lookup
+        from buildpy.cas.reference import InvalidReference, lookup, parse
         from buildpy.cas.store import StoreError
 
         try:
+            if self.request.pull and self.fetch_image is not None:
+                parse(word)  # a reference, not an image ID: only those can be asked of a registry
+                raise StoreError("--pull: ask the registry")
             name, descriptor = lookup(self.store, word)
             image = load_image(self.store, descriptor, platform)
         except InvalidReference as e:

@@ -19,6 +19,7 @@ class BuildRequest:
     platform: str = ""  # the target platform; "" = the host's
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = "default"
+    pull: bool = False  # ask the registry for every FROM image, even one the store has (--pull)
 
 
 def identity(request: BuildRequest) -> str:

@@ -160,6 +160,10 @@ def _where(host: str, environ: Mapping[str, str] | None) -> tuple[Path, dict, st
     return path, config, key, _helper_for(config, key)
 
 
+def uses_helper(host: str, environ: Mapping[str, str] | None = None) -> bool:
+    return bool(_where(host, environ)[3])
+
+
 def store(host: str, creds: Credentials, environ: Mapping[str, str] | None = None) -> Path:
     """Keep credentials as docker does (a helper when configured, else config.json, 0600)."""
     path, config, key, helper = _where(host, environ)
