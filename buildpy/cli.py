@@ -273,6 +273,191 @@ def _registry_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("registry", metavar="REGISTRY", nargs="?", help="the registry host (default: Docker Hub)")
 
 
+# containers: run, ps, rm, commit, volume
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from buildpy.containers.run import RunOptions, run
+
+    opts = RunOptions(
+        image=args.image, command=tuple(args.command), name=args.name or "", remove=args.rm, env=tuple(args.env),
+        workdir=args.workdir or "", user=args.user, volumes=tuple(args.volume), network=args.network,
+        ports=tuple(args.publish), hostname=args.hostname or "", interactive=args.interactive, tty=args.tty,
+        memory=args.memory or "", cpus=args.cpus, pids_limit=args.pids_limit, entrypoint=args.entrypoint,
+    )
+    sys.stdout.flush()
+    return run(_store(args), opts, _clients(args))
+
+
+def _cmd_ps(args: argparse.Namespace) -> int:
+    from buildpy.containers import display
+    from buildpy.containers.run import lines_for_ps
+    from buildpy.containers.state import all_containers
+
+    containers = [c for c in all_containers(_store(args)) if args.all or c.status == "running"]
+    if args.quiet:
+        for c in containers:
+            print(c.short_id)
+        return 0
+    header = ["CONTAINER ID", "IMAGE", "COMMAND", "STATUS", "LIMITS", "PORTS", "NAMES"]
+    sys.stdout.write(display.table(header, lines_for_ps(containers)))
+    return 0
+
+
+def _cmd_rm(args: argparse.Namespace) -> int:
+    from buildpy.containers import state
+
+    store = _store(args)
+    status = 0
+    for name in args.names:
+        try:
+            state.remove(store, state.find(store, name), force=args.force)
+            print(name)
+        except Exception as e:  # noqa: BLE001 - as docker: report, go on with the next name
+            if args.debug or not getattr(e, "user_facing", False):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    from buildpy.containers import state
+    from buildpy.containers.run import commit
+
+    store = _store(args)
+    image = commit(store, state.find(store, args.container), args.image, author=args.author or "",
+                   message=args.message or "")
+    print(image.id)
+    return 0
+
+
+def _cmd_volume(args: argparse.Namespace) -> int:
+    from buildpy.containers import display, volumes
+
+    store = _store(args)
+    if args.action == "ls":
+        if args.names:
+            raise UsageError("volume ls takes no names")
+        sys.stdout.write(display.table(["DRIVER", "VOLUME NAME"], [["local", n] for n in volumes.names(store)]))
+        return 0
+    if args.action == "create":
+        for name in args.names:
+            volumes.ensure(store, name)
+            print(name)
+        return 0
+    if not args.names:
+        raise UsageError("volume rm needs a name")
+    for name in args.names:
+        volumes.remove(store, name, force=args.force)
+        print(name)
+    return 0
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    import json
+
+    from buildpy.containers import tree
+
+    store = _store(args)
+    if args.affected:
+        found = tree.affected(store, args.affected)
+        sys.stdout.write(json.dumps(tree.affected_json(found), indent=2) + "\n" if args.json
+                         else tree.render_affected(found))
+        return 0
+    errors: list[str] = []
+    root = tree.build_tree(store, errors)
+    for e in errors:
+        print(f"warning: {e}", file=sys.stderr)
+    sys.stdout.write(json.dumps(tree.tree_json(root), indent=2) + "\n" if args.json else tree.render_tree(root))
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    import json
+
+    from buildpy.containers import history
+
+    rows = history.history(_store(args), args.image)
+    if args.json:
+        sys.stdout.write(json.dumps(history.history_json(rows), indent=2) + "\n")
+    elif args.quiet:
+        for r in rows:
+            print(r.id or "<missing>")
+    else:
+        sys.stdout.write(history.render_history(rows, no_trunc=args.no_trunc))
+    return 0
+
+
+def _container_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("tree", help="the images as the tree of their shared layers",
+                            description="Draw the images as the tree of their shared layers; with --affected, "
+                                        "list what contains a layer or is built on an image.")
+    p.set_defaults(handler=_cmd_tree)
+    p.add_argument("--affected", metavar="LAYER|IMAGE",
+                   help="every image containing this layer (diffID or blob digest, or a 12+ hex prefix), "
+                        "or built on this image")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = commands.add_parser("history", help="an image's layers and how each was made",
+                            description="Show an image's history: created_by, size, and empty entries.")
+    p.set_defaults(handler=_cmd_history)
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--no-trunc", action="store_true", help="do not shorten CREATED BY")
+    p.add_argument("-q", "--quiet", action="store_true", help="only IDs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = commands.add_parser("run", help="run a command in a new container",
+                            description="Run an image's command (or CMD...) in a new sandboxed container.")
+    p.set_defaults(handler=_cmd_run)
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("command", metavar="CMD", nargs=argparse.REMAINDER, help="replaces the image's CMD")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--name", help="name the container")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
+    p.add_argument("-w", "--workdir", metavar="DIR", help="the working directory")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]", help="the user to run as")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]",
+                   help="bind a host dir (absolute or ./path) or a named volume")
+    p.add_argument("--network", choices=("private", "none", "host"), default="private",
+                   help="private (own namespace; slirp4netns uplink where installed), none, host")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:CTRPORT",
+                   help="publish a container port on the host (needs slirp4netns)")
+    p.add_argument("--hostname", metavar="NAME")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
+    p.add_argument("-t", "--tty", action="store_true", help="give the container a terminal")
+    p.add_argument("--memory", "-m", metavar="BYTES", help="memory limit (e.g. 64m, 1g)")
+    p.add_argument("--cpus", type=float, metavar="N", help="CPU limit (e.g. 0.5)")
+    p.add_argument("--pids-limit", type=int, metavar="N", help="process limit")
+    p.add_argument("--entrypoint", metavar="CMD", help="replace the image's ENTRYPOINT")
+    _registry_flags(p)
+
+    p = commands.add_parser("ps", help="list containers", description="List running (with -a, all) containers.")
+    p.set_defaults(handler=_cmd_ps)
+    p.add_argument("-a", "--all", action="store_true", help="also the containers that exited")
+    p.add_argument("-q", "--quiet", action="store_true", help="only IDs")
+
+    p = commands.add_parser("rm", help="remove containers", description="Remove containers and their changes.")
+    p.set_defaults(handler=_cmd_rm)
+    p.add_argument("names", metavar="NAME", nargs="+")
+    p.add_argument("-f", "--force", action="store_true", help="also a running one's record")
+
+    p = commands.add_parser("commit", help="make an image of a container's change",
+                            description="The container's change becomes a new layer on its image.")
+    p.set_defaults(handler=_cmd_commit)
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("image", metavar="IMAGE[:TAG]")
+    p.add_argument("-a", "--author")
+    p.add_argument("-m", "--message")
+
+    p = commands.add_parser("volume", help="named volumes: ls, create, rm",
+                            description="List, create or remove named volumes.")
+    p.set_defaults(handler=_cmd_volume)
+    p.add_argument("action", choices=("ls", "create", "rm"))
+    p.add_argument("names", metavar="NAME", nargs="*")
+    p.add_argument("-f", "--force", action="store_true", help="rm: even if a container used it")
+
+
 # the store: images, tag, rmi, inspect, load, export, prune, fsck
 
 
@@ -283,7 +468,12 @@ def _store(args: argparse.Namespace) -> Store:
 
 
 def _cmd_images(args: argparse.Namespace) -> int:
+    import time
+
     from buildpy.cas.reference import InvalidReference, parse, tagged_images
+    from buildpy.containers import display
+
+    now = time.time()
 
     store = _store(args)
     errors: list[str] = []
@@ -294,9 +484,9 @@ def _cmd_images(args: argparse.Namespace) -> int:
             repo, tag = ref.familiar_repository, ref.tag or "<none>"
         except InvalidReference:
             repo, tag = t.name, "<none>"
-        created = _parse_time(t.image.config.get("created"))
+        created = display.parse_time(t.image.config.get("created"))
         image_id = t.image.id if args.no_trunc else t.image.id.partition(":")[2][:12]
-        cells = [repo, tag, image_id, _created_ago(created), _human_size(t.image.size)]
+        cells = [repo, tag, image_id, display.ago(created, now), display.human_size(t.image.size)]
         rows.append((created or 0.0, cells))
     rows.sort(key=lambda r: -r[0])  # newest first, as docker lists them (stable: by name within)
     if args.quiet:
@@ -306,7 +496,7 @@ def _cmd_images(args: argparse.Namespace) -> int:
                 seen.add(cells[2])
                 print(cells[2])
     else:
-        sys.stdout.write(_table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], [c for _, c in rows]))
+        sys.stdout.write(display.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], [c for _, c in rows]))
     for e in errors:
         print(f"warning: {e} (run `buildpy fsck`)", file=sys.stderr)
     return 0
@@ -404,6 +594,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from buildpy.cas.gc import prune
+    from buildpy.containers import display
 
     from buildpy.sandbox import snapshots
 
@@ -413,7 +604,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     print(f"Deleted blobs: {report.blobs_removed}")
     if snapshots_removed:
         print(f"Deleted layer snapshots: {snapshots_removed}")
-    print(f"Total reclaimed space: {_human_size(report.total_freed + snapshots_freed, 4)}")
+    print(f"Total reclaimed space: {display.human_size(report.total_freed + snapshots_freed, 4)}")
     return 0
 
 
@@ -439,75 +630,6 @@ def _familiar(name: str) -> str:
         return parse(name).familiar
     except InvalidReference:
         return name
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns as docker's tabwriter sets them: at least 10 wide, 3 spaces of padding, the last
-    column unpadded."""
-    widths = [max(10, *(len(r[i]) + 3 for r in [header, *rows])) for i in range(len(header) - 1)]
-    return "".join(
-        "".join(cell.ljust(w) for cell, w in zip(r, widths)) + r[-1] + "\n" for r in [header, *rows]
-    )
-
-
-def _human_size(size: float, precision: int = 3) -> str:
-    """docker's units.HumanSizeWithPrecision: decimal units, `precision` significant digits."""
-    units = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
-    i = 0
-    while size >= 1000 and i < len(units) - 1:
-        size /= 1000
-        i += 1
-    return f"{size:.{precision}g}{units[i]}"
-
-
-def _parse_time(text: object) -> float | None:
-    import re
-    from datetime import datetime
-
-    if not isinstance(text, str):
-        return None
-    # Go writes up to 9 fractional digits; fromisoformat takes at most 6
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip())
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _created_ago(created: float | None) -> str:
-    import time
-
-    if created is None:
-        return "N/A"
-    return _human_duration(time.time() - created) + " ago"
-
-
-def _human_duration(seconds: float) -> str:
-    """docker's units.HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = s // 60
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)  # Go rounds the duration to the hour here
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds // 3600) // 24 // 365} years"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -542,6 +664,7 @@ def _parser() -> argparse.ArgumentParser:
     _build_command(commands)
     _store_commands(commands)
     _registry_commands(commands)
+    _container_commands(commands)
     return top
 
 

@@ -12,7 +12,10 @@ default set), no_new_privs, seccomp, then execvpe with the PATH of its own envir
 from __future__ import annotations
 
 import _signal  # `signal` would import enum and friends: milliseconds on every step
+import fcntl  # here, not where it is used: after pivot_root the interpreter's library is gone
 import os
+
+TIOCSCTTY = 0x540E  # <asm-generic/ioctls.h>
 
 from buildpy.sandbox import privileges, rootfs, syscalls as sc, users
 from buildpy.sandbox.child import EXIT_SETUP, report
@@ -56,6 +59,8 @@ def _exec_step(spec: dict, user: users.ExecUser, env: dict[str, str], cwd: str, 
     proc = spec["process"]
     try:
         os.setsid()
+        if proc.get("terminal"):
+            fcntl.ioctl(0, TIOCSCTTY, 0)  # the pty on fd 0 becomes the session's terminal
         # Python ignores these at start-up and ignored signals stay ignored across exec.
         for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(sig, _signal.SIG_DFL)

@@ -73,10 +73,14 @@ class SandboxTimeout(SandboxError):
 
 
 def run(spec: SandboxSpec, *, stdout: Output | None = None, stderr: Output | None = None,
-        stdin: int | IO[bytes] | None = None) -> int:
+        stdin: int | IO[bytes] | None = None, stdio: tuple[int, int, int] | None = None,
+        on_start: Callable[[int], None] | None = None) -> int:
     """Run `spec.process` in a sandbox; its exit status. stdout/stderr: called with each line
     (bytes, newline included) as it comes; None lets the step write to this process's own fds.
-    stdin: a file or fd to read from; None is /dev/null."""
+    stdin: a file or fd to read from; None is /dev/null. `stdio`: three fds for the process
+    instead (a pty's, with `Process.terminal`). `on_start(pid)`: called once the sandbox's
+    namespaces exist and before anything runs in them (to put the pid in a cgroup, to attach
+    a network), with the pid of the process that owns them."""
     _validate(spec)
     maps = _idmaps()
     bpf = b""
@@ -85,7 +89,7 @@ def run(spec: SandboxSpec, *, stdout: Output | None = None, stderr: Output | Non
 
         bpf = seccomp_bpf()
     wire = _wire(spec, maps, bpf, _cache_dir())
-    return _supervise(spec, wire, maps, stdout, stderr, stdin)
+    return _supervise(spec, wire, maps, stdout, stderr, stdin, stdio, on_start)
 
 
 def _validate(spec: SandboxSpec) -> None:
@@ -96,8 +100,6 @@ def _validate(spec: SandboxSpec) -> None:
         raise SandboxError("no command to run", user_facing=True)
     if not spec.rootfs.is_dir():
         raise SandboxError(f"rootfs {spec.rootfs} is not a directory")
-    if spec.process.terminal:
-        raise SandboxError("a terminal for the step is not supported yet", user_facing=True)
     if not 0 < len(spec.hostname.encode()) <= 64 or not spec.hostname.isprintable() or " " in spec.hostname:
         raise SandboxError(f"invalid hostname {spec.hostname!r}", user_facing=True)
     for name, address in spec.extra_hosts:
@@ -235,27 +237,30 @@ def _wire(spec: SandboxSpec, maps: idmap.IdMaps, bpf: bytes, cache: str) -> dict
         "gid5": maps.to_host(5, "gid") is not None,
         "cache": cache,
         "process": {"args": list(spec.process.args), "env": list(spec.process.env), "cwd": spec.process.cwd,
-                    "user": spec.process.user},
+                    "user": spec.process.user, "terminal": spec.process.terminal},
     }
 
 
 def _supervise(spec: SandboxSpec, wire: dict, maps: idmap.IdMaps, stdout: Output | None,
-               stderr: Output | None, stdin: int | IO[bytes] | None) -> int:
+               stderr: Output | None, stdin: int | IO[bytes] | None, given: tuple[int, int, int] | None = None,
+               on_start: Callable[[int], None] | None = None) -> int:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pipes: list[tuple[int, Output]] = []  # (read end, callback)
     child: forkserver.Child | None = None
     try:
         theirs = [child_sock.fileno()]  # closed here once the child has them
         try:
-            stdio = []
-            for i, (given, cb) in enumerate(((stdin, None), (None, stdout), (None, stderr))):
+            stdio: list[int] = list(given) if given is not None else []
+            for i, (given_fd, cb) in enumerate(((stdin, None), (None, stdout), (None, stderr))):
+                if given is not None:
+                    break
                 if cb is not None:
                     r, w = os.pipe()
                     pipes.append((r, cb))
                     theirs.append(w)
                     stdio.append(w)
-                elif given is not None:
-                    stdio.append(given if isinstance(given, int) else given.fileno())
+                elif given_fd is not None:
+                    stdio.append(given_fd if isinstance(given_fd, int) else given_fd.fileno())
                 elif i == 0:
                     theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
                     stdio.append(theirs[-1])
@@ -269,7 +274,7 @@ def _supervise(spec: SandboxSpec, wire: dict, maps: idmap.IdMaps, stdout: Output
                 os.close(fd)
         data = marshal.dumps(wire)
         parent_sock.sendall(len(data).to_bytes(4, "little") + data)
-        error, code = _loop(spec, child, parent_sock, maps, pipes)
+        error, code = _loop(spec, child, parent_sock, maps, pipes, on_start)
         # The child reports last, just before exiting: wait for it to be gone.
         if not child.wait(_KILL_GRACE):
             child.kill()
@@ -304,7 +309,8 @@ def _kill(child: forkserver.Child, sock: socket.socket) -> None:
 
 
 def _loop(spec: SandboxSpec, child: forkserver.Child, sock: socket.socket, maps: idmap.IdMaps,
-          pipes: list[tuple[int, Output]]) -> tuple[dict | None, int | None]:
+          pipes: list[tuple[int, Output]], on_start: Callable[[int], None] | None = None
+          ) -> tuple[dict | None, int | None]:
     """Stream output, answer the child, until every fd is closed; (first error, exit status)."""
     deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
     sel = selectors.DefaultSelector()
@@ -339,6 +345,8 @@ def _loop(spec: SandboxSpec, child: forkserver.Child, sock: socket.socket, maps:
                         del inbox[:4 + size]
                         if msg.get("op") == "unshared":
                             idmap.apply(maps, child.pid)
+                            if on_start is not None:
+                                on_start(child.pid)
                             sock.sendall(b"M")
                         elif "error" in msg and error is None:
                             error = msg

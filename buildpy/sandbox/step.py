@@ -145,23 +145,53 @@ def run_step(
                 "dir_ids": dir_ids,
                 "source_date_epoch": source_date_epoch,
             }
-            if maps.mode == "helper":
-                # the step's files belong to the range's ids, which only the user namespace's
-                # root may read: the diff runs in one (and sees the container's ids there)
-                layer = _layer_in_userns(store, maps, job, compression)
-            else:
-                layer = _layer(store, job, compression, uid_map, gid_map)
+            layer = layer_of_job(store, maps, job, compression)
             if layer is None:
                 return StepResult(0, None, True)
             log.debug("step layer %s", layer.diff_id)
             return StepResult(0, layer, False)
         finally:
             try:
-                if maps.mode == "helper":
-                    _in_userns(maps, {"op": "rm", "path": str(tmp)}).communicate()
-                snapshots.remove_tree(tmp)
+                remove_workdir(tmp)
             except Exception as e:  # never hide the step's own outcome (or a Ctrl-C)
                 log.warning("could not remove the step's temp dir %s: %s", tmp, e)
+
+
+def layer_of_job(store: Store, maps: object, job: dict, compression: str) -> Layer | None:
+    """The layer of a sandbox's change (`job`: root, overlay, lowers, exclude, dir_ids,
+    source_date_epoch), None when nothing changed."""
+    if getattr(maps, "mode", "") == "helper":
+        # the step's files belong to the range's ids, which only the user namespace's
+        # root may read: the diff runs in one (and sees the container's ids there)
+        return _layer_in_userns(store, maps, job, compression)
+    uid_map = [(r.container, r.host, r.size) for r in maps.uids]  # type: ignore[attr-defined]
+    gid_map = [(r.container, r.host, r.size) for r in maps.gids]  # type: ignore[attr-defined]
+    return _layer(store, job, compression, uid_map, gid_map)
+
+
+def upper_layer(store: Store, upper: Path, lowers: Sequence[Path], exclude: Collection[str],
+                compression: str = "gzip") -> Layer | None:
+    """The change an overlay's upper dir holds over `lowers`, as a layer (a container's commit)."""
+    from buildpy.sandbox import idmap
+
+    job = {"root": str(upper), "overlay": True, "lowers": [str(p) for p in lowers],
+           "exclude": sorted(set(exclude) | SYSTEM_TARGETS), "dir_ids": {}, "source_date_epoch": None}
+    return layer_of_job(store, idmap.for_current_user(), job, compression)
+
+
+def overlay_on(lowers: tuple[Path, ...], workdir: Path) -> Overlay:
+    """An overlay over `lowers` with its upper and work dirs in `workdir`."""
+    return _overlay(lowers, workdir)
+
+
+def remove_workdir(path: Path) -> None:
+    """Remove a sandbox's dir (upper, work, rootfs); rootless with an id range, files the range
+    owns are removed from inside a user namespace."""
+    from buildpy.sandbox import idmap
+
+    if idmap.for_current_user().mode == "helper":
+        _in_userns(idmap.for_current_user(), {"op": "rm", "path": str(path)}).communicate()
+    snapshots.remove_tree(path)
 
 
 def _changes(job: dict) -> list[diff.Change]:

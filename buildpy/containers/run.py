@@ -1,0 +1,299 @@
+"""`buildpy run`: an image's ENTRYPOINT/CMD (the CMD replaced by a given command) with its env,
+working dir and user, in the sandbox, on an overlay whose upper dir is the container's own
+(`ROOT/containers/<id>/upper`, kept for `commit` unless `--rm`). Volumes and host dirs are bind
+mounts; limits are a cgroup the sandbox's first process joins before anything runs; `-t` a pty;
+the network as `network.py` says. The exit status is the process's (137 when the memory limit
+killed it, as docker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildpy.cas.image import Image
+from buildpy.cas.store import Store
+from buildpy.containers import network as netlib
+from buildpy.containers import state, volumes
+from buildpy.containers.state import Container, ContainerError
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    image: str
+    command: tuple[str, ...] = ()
+    name: str = ""
+    remove: bool = False
+    env: tuple[str, ...] = ()  # -e K=V or -e K (from our environment)
+    workdir: str = ""
+    user: str | None = None
+    volumes: tuple[str, ...] = ()  # -v HOSTDIR:CTRDIR[:ro] | VOLUME:CTRDIR[:ro]
+    network: str = "private"
+    ports: tuple[str, ...] = ()
+    hostname: str = ""
+    interactive: bool = False
+    tty: bool = False
+    memory: str = ""
+    cpus: float | None = None
+    pids_limit: int | None = None
+    entrypoint: str | None = None
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def image_for(store: Store, text: str, clients: object = None) -> Image:
+    """The image `text` names: from the store, else pulled (as `docker run` pulls it)."""
+    from buildpy.cas.reference import InvalidReference, resolve
+    from buildpy.cas.store import StoreError
+
+    try:
+        return resolve(store, text)[1]
+    except InvalidReference as e:
+        raise ContainerError(f"invalid image name {text!r}: {e}") from None
+    except StoreError:
+        from buildpy.registry.pull import Clients, pull
+
+        return pull(store, text, clients if isinstance(clients, Clients) else Clients())[1]
+
+
+def process_of(image: Image, opts: RunOptions) -> tuple[tuple[str, ...], tuple[str, ...], str, str]:
+    """(argv, env, cwd, user) as docker derives them from the config and the flags."""
+    cfg = image.config.get("config") or {}
+    entrypoint = list(cfg.get("Entrypoint") or [])
+    if opts.entrypoint is not None:
+        entrypoint = [opts.entrypoint] if opts.entrypoint else []
+    cmd = list(opts.command) if opts.command else (list(cfg.get("Cmd") or []) if opts.entrypoint is None else [])
+    argv = tuple(entrypoint + cmd)
+    if not argv:
+        raise ContainerError(f"no command: the image {opts.image} has no ENTRYPOINT or CMD; give one")
+    env: dict[str, str] = {}
+    for item in cfg.get("Env") or []:
+        k, _, v = item.partition("=")
+        env[k] = v
+    for item in opts.env:
+        k, eq, v = item.partition("=")
+        if not k:
+            raise ContainerError(f"invalid -e {item!r}")
+        if eq:
+            env[k] = v
+        elif k in opts.environ:
+            env[k] = opts.environ[k]
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if opts.tty:
+        env.setdefault("TERM", "xterm")
+    cwd = opts.workdir or cfg.get("WorkingDir") or "/"
+    if not cwd.startswith("/"):
+        raise ContainerError(f"the working directory {cwd!r} is not absolute")
+    user = opts.user if opts.user is not None else (cfg.get("User") or "")
+    return argv, tuple(f"{k}={v}" for k, v in env.items()), cwd, user
+
+
+def parse_volume(store: Store, text: str) -> tuple[str, Path, bool, str]:
+    """(container path, host path, read-only, what) for `-v SRC:DST[:ro|rw]`."""
+    parts = text.split(":")
+    mode = ""
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("", "ro", "rw"):
+        raise ContainerError(f"invalid -v {text!r}: expected HOSTDIR:CTRDIR[:ro] or VOLUME:CTRDIR[:ro]")
+    source, target = parts
+    if not target.startswith("/") or os.path.normpath(target) == "/":
+        raise ContainerError(f"invalid -v {text!r}: the container path must be absolute and not /")
+    if source.startswith(("/", ".", "~")):
+        host = Path(os.path.expanduser(source)).resolve()
+        if not host.exists():
+            host.mkdir(parents=True)  # as docker: a missing host dir is made
+        return os.path.normpath(target), host, mode == "ro", f"bind:{host}"
+    return os.path.normpath(target), volumes.ensure(store, source), mode == "ro", f"volume:{source}"
+
+
+def run(store: Store, opts: RunOptions, clients: object = None) -> int:
+    from buildpy.sandbox import snapshots
+    from buildpy.sandbox.run import run as sandbox_run
+    from buildpy.sandbox.spec import Mount, Process, SandboxSpec
+    from buildpy.sandbox.step import overlay_on
+
+    image = image_for(store, opts.image, clients)
+    argv, env, cwd, user = process_of(image, opts)
+    ports = [netlib.parse_port(p) for p in opts.ports]
+    netlib.check(opts.network, ports)
+    limited = bool(opts.memory) or opts.cpus is not None or opts.pids_limit is not None
+    if limited:
+        from buildpy.sandbox.cgroups import Cgroup, Limits, available, parse_memory
+
+        try:
+            memory = parse_memory(opts.memory) if opts.memory else None
+        except ContainerError:
+            raise
+        except Exception as e:
+            if not getattr(e, "user_facing", False):
+                raise
+            raise ContainerError(f"--memory: {e}") from None
+        limits = Limits(memory=memory, cpus=opts.cpus,
+                        pids=None if opts.pids_limit is not None and opts.pids_limit < 0 else opts.pids_limit)
+        if reason := available(limits):
+            raise ContainerError(reason)
+    mounts, mounted = [], []
+    for text in opts.volumes:
+        target, host, readonly, what = parse_volume(store, text)
+        mounts.append(Mount(target, "bind", host, readonly))
+        mounted.append(what)
+    container = state.create(
+        store, opts.name, image=opts.image, image_digest=image.digest, command=argv, created=time.time(),
+        mounts=tuple(m.target for m in mounts), network=opts.network, ports=tuple(str(p) for p in ports),
+        extra={"volumes": mounted, "layers": [d.to_json() for d in image.layers], "diff_ids": image.diff_ids},
+    )
+    cgroup = None
+    uplink = None
+    code = 125
+    try:
+        with store.lease(), snapshots.use(store, image.layers, image.diff_ids) as lowers:
+            cdir = state.directory(store, container)
+            overlay = dataclasses.replace(overlay_on(tuple(lowers), cdir), volatile=False)
+            rootfs = cdir / "rootfs"
+            rootfs.mkdir(exist_ok=True)
+            spec = SandboxSpec(
+                rootfs=rootfs, overlay=overlay, mounts=tuple(mounts),
+                process=Process(args=argv, env=env, cwd=cwd, user=user, terminal=opts.tty),
+                network="host" if opts.network == "host" else "none",
+                hostname=opts.hostname or container.short_id,
+            )
+            if limited:
+                cgroup = Cgroup.create(container.short_id, limits)
+            if opts.network == "private" and netlib.uplink_available():
+                uplink = netlib.Uplink(ports)
+
+            def on_start(pid: int) -> None:
+                if cgroup is not None:
+                    cgroup.add(pid)
+                if uplink is not None:
+                    uplink.attach(pid)
+
+            container = dataclasses.replace(container, status="running", pid=os.getpid(),
+                                            limits=cgroup.describe() if cgroup is not None else "")
+            state.save(store, container)
+            code = _run_attached(sandbox_run, spec, opts, on_start)
+            if cgroup is not None and cgroup.oom_killed():
+                code = 137
+    finally:
+        if uplink is not None:
+            uplink.close()
+        if cgroup is not None:
+            cgroup.remove()
+        container = dataclasses.replace(container, status="exited", exit_code=code, finished=time.time())
+        if opts.remove:
+            state.remove(store, container, force=True)
+        else:
+            state.save(store, container)
+    return code
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP reached `run`: the container is killed and cleaned up like on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _run_attached(sandbox_run, spec, opts: RunOptions, on_start) -> int:  # noqa: ANN001
+    """The container's stdio: a pty with -t; our stdin with -i (else /dev/null); our stdout and
+    stderr as they are. A SIGTERM or SIGHUP to us ends the container (128+n, as docker)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _attached(sandbox_run, spec, opts, on_start)
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise _Terminated(signum)
+
+    saved = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return _attached(sandbox_run, spec, opts, on_start)
+    except _Terminated as e:
+        return 128 + e.signum
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _attached(sandbox_run, spec, opts: RunOptions, on_start) -> int:  # noqa: ANN001
+    if opts.tty:
+        from buildpy.containers.terminal import pty_for_container
+
+        with pty_for_container(opts.interactive) as slave:
+            return sandbox_run(spec, stdio=(slave, slave, slave), on_start=on_start)
+    stdin = 0 if opts.interactive else None
+    return sandbox_run(spec, stdin=stdin, on_start=on_start)
+
+
+def commit(store: Store, container: Container, name: str, author: str = "", message: str = "") -> Image:
+    """The container's change as a new layer on its image: a new image named `name`."""
+    import copy
+
+    from buildpy.cas.image import load_image, now_rfc3339, write_image
+    from buildpy.cas.media import Descriptor
+    from buildpy.cas.reference import InvalidReference, parse
+    from buildpy.sandbox import snapshots
+    from buildpy.sandbox.step import upper_layer
+
+    try:
+        ref = parse(name, allow_digest=False)
+    except InvalidReference as e:
+        raise ContainerError(f"invalid image name {name!r}: {e}") from None
+    if container.status == "running":
+        raise ContainerError(f"container {container.name} is running; commit it once it has exited")
+    layers = [Descriptor.from_json(d) for d in container.extra.get("layers", [])]
+    diff_ids = list(container.extra.get("diff_ids", []))
+    upper = state.directory(store, container) / "upper"
+    if not upper.is_dir():
+        raise ContainerError(f"container {container.name} has no change to commit")
+    with store.lease():
+        base = load_image(store, Descriptor.from_json(_manifest_of(store, container)))
+        with snapshots.use(store, layers, diff_ids) as lowers:
+            layer = upper_layer(store, upper, lowers, container.mounts)
+        config = copy.deepcopy(base.config)
+        created = now_rfc3339()
+        config["created"] = created
+        entry = {"created": created, "created_by": " ".join(container.command)}
+        if author:
+            entry["author"] = author
+            config["author"] = author
+        if message:
+            entry["comment"] = message
+        new_layers = list(base.layers)
+        if layer is None:
+            entry["empty_layer"] = True
+        else:
+            new_layers.append(layer.descriptor)
+            config["rootfs"]["diff_ids"].append(layer.diff_id)
+        config.setdefault("history", []).append(entry)
+        image = write_image(store, config, new_layers)
+        store.set_ref(ref.with_tag(ref.tag or "latest").name, image.manifest_descriptor)
+    return image
+
+
+def _manifest_of(store: Store, container: Container) -> dict:
+    digest = container.image_digest
+    return {"mediaType": _media_type(store, digest), "digest": digest, "size": store.blob_size(digest)}
+
+
+def _media_type(store: Store, digest: str) -> str:
+    obj = store.read_json(digest)
+    return obj.get("mediaType") or "application/vnd.oci.image.manifest.v1+json"
+
+
+def lines_for_ps(containers: Sequence[Container]) -> list[list[str]]:
+    rows = []
+    for c in containers:
+        if c.status == "exited":
+            status = f"Exited ({c.exit_code})"
+        else:
+            status = c.status.capitalize()
+        command = " ".join(c.command)
+        rows.append([c.short_id, c.image, f'"{command[:30]}"', status, c.limits or "-", ", ".join(c.ports), c.name])
+    return rows
