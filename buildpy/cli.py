@@ -126,13 +126,13 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _clients(args: argparse.Namespace):  # noqa: ANN202 - registry.pull.Clients, imported when used
-    from buildpy.registry.pull import Clients
+    from buildpy.registry.clients import Clients
 
     return Clients(_settings(args))
 
 
 def _settings(args: argparse.Namespace):  # noqa: ANN202 - registry.transport.Settings
-    from buildpy.registry.transport import Settings
+    from buildpy.registry.settings import Settings
 
     return Settings.from_env(insecure=args.insecure_registry + getattr(args, "insecure_here", []),
                              ca_certs=args.ca_cert + getattr(args, "ca_cert_here", []))
@@ -182,7 +182,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _registry_domain(text: str) -> str:
-    from buildpy.registry.transport import DOCKER_HUB
+    from buildpy.registry.settings import DOCKER_HUB
 
     text = text.strip()
     for prefix in ("https://", "http://"):

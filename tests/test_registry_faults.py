@@ -13,7 +13,7 @@ from buildpy.registry import transport
 from buildpy.registry.auth import Challenge, Credentials
 from buildpy.registry.client import Client
 from buildpy.registry.pull import Clients, pull
-from buildpy.registry.transport import RegistryError, Settings
+from buildpy.registry.settings import RegistryError, Settings
 from tests.badregistry import BadRegistry, image_data
 from tests.imagekit import files_tar
 

@@ -10,7 +10,7 @@ import pytest
 
 from buildpy.registry import auth
 from buildpy.registry.cache import CacheSpecError, parse_spec
-from buildpy.registry.transport import Settings, api_host, insecure_from_env, is_loopback
+from buildpy.registry.settings import Settings, api_host, insecure_from_env, is_loopback
 
 
 @pytest.mark.parametrize("host,loopback", [

@@ -8,10 +8,11 @@ killed it, as docker).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def image_for(store: Store, text: str, clients: object = None) -> Image:
     except InvalidReference as e:
         raise ContainerError(f"invalid image name {text!r}: {e}") from None
     except StoreError:
-        from buildpy.registry.pull import Clients, pull
+        from buildpy.registry.clients import Clients
+        from buildpy.registry.pull import pull
 
         return pull(store, text, clients if isinstance(clients, Clients) else Clients())[1]
 
@@ -150,7 +152,7 @@ def run(store: Store, opts: RunOptions, clients: object = None) -> int:
     uplink = None
     code = 125
     try:
-        with store.lease(), snapshots.use(store, image.layers, image.diff_ids) as lowers:
+        with _terminable(), store.lease(), snapshots.use(store, image.layers, image.diff_ids) as lowers:
             cdir = state.directory(store, container)
             overlay = dataclasses.replace(overlay_on(tuple(lowers), cdir), volatile=False)
             rootfs = cdir / "rootfs"
@@ -175,9 +177,11 @@ def run(store: Store, opts: RunOptions, clients: object = None) -> int:
             container = dataclasses.replace(container, status="running", pid=os.getpid(),
                                             limits=cgroup.describe() if cgroup is not None else "")
             state.save(store, container)
-            code = _run_attached(sandbox_run, spec, opts, on_start)
+            code = _attached(sandbox_run, spec, opts, on_start)
             if cgroup is not None and cgroup.oom_killed():
                 code = 137
+    except _Terminated as e:
+        code = 128 + e.signum
     finally:
         if uplink is not None:
             uplink.close()
@@ -199,29 +203,31 @@ class _Terminated(BaseException):
         self.signum = signum
 
 
-def _run_attached(sandbox_run, spec, opts: RunOptions, on_start) -> int:  # noqa: ANN001
-    """The container's stdio: a pty with -t; our stdin with -i (else /dev/null); our stdout and
-    stderr as they are. A SIGTERM or SIGHUP to us ends the container (128+n, as docker)."""
+@contextlib.contextmanager
+def _terminable() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `_Terminated` from the moment the container exists, so cleanup
+    (its record, its cgroup, its network) always runs."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return _attached(sandbox_run, spec, opts, on_start)
+        yield
+        return
 
     def terminate(signum: int, _frame: object) -> None:
         raise _Terminated(signum)
 
     saved = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return _attached(sandbox_run, spec, opts, on_start)
-    except _Terminated as e:
-        return 128 + e.signum
+        yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
 
 
 def _attached(sandbox_run, spec, opts: RunOptions, on_start) -> int:  # noqa: ANN001
+    """The container's stdio: a pty with -t; our stdin with -i (else /dev/null); our stdout and
+    stderr as they are."""
     if opts.tty:
         from buildpy.containers.terminal import pty_for_container
 

@@ -21,7 +21,7 @@ from buildpy.planner.request import BuildRequest, identity
 
 if TYPE_CHECKING:
     from buildpy.registry.cache import CacheSpec
-    from buildpy.registry.pull import Clients
+    from buildpy.registry.clients import Clients
 
 
 class OptionError(Exception):
@@ -279,7 +279,7 @@ def _export(store: Store, result: BuildResult, out: Output, names: list[str], re
         return
     if out.type == "registry":
         from buildpy.registry.push import push
-        from buildpy.registry.pull import Clients
+        from buildpy.registry.clients import Clients
 
         targets = [out.name] if out.name else names
         if not targets:
@@ -327,7 +327,7 @@ def _import_caches(store: Store, remote: Remote, blobs, progress: str, stream: T
     if not remote.cache_from:
         return _NoCache()
     from buildpy.registry.cache import Imported, import_cache
-    from buildpy.registry.pull import Clients
+    from buildpy.registry.clients import Clients
 
     merged = Imported()
     for spec in remote.cache_from:
@@ -352,7 +352,8 @@ def _image_fetcher(store: Store, remote: Remote, blobs, fetched: dict):  # noqa:
     """FROM (or --from) an image the store lacks: its manifest and config now, its layers when
     a step or the image needs them."""
     def fetch(word: str, platform: str):  # noqa: ANN202
-        from buildpy.registry.pull import Clients, resolve
+        from buildpy.registry.clients import Clients
+        from buildpy.registry.pull import resolve
 
         resolved = resolve(store, word, remote.clients or Clients(), platform)
         blobs.add_registry(resolved.client, resolved.repo, resolved.image.layers)
@@ -387,7 +388,7 @@ def _restore_cache_mounts(store: Store, plan, imported, blobs, progress: str, st
 def _export_cache(store: Store, plan, result: BuildResult, spec, remote: Remote, blobs, progress: str,  # noqa: ANN001
                   stream: TextIO) -> None:
     from buildpy.registry.cache import Entry, export, mount_layers
-    from buildpy.registry.pull import Clients
+    from buildpy.registry.clients import Clients
     from buildpy.sandbox.mounts import cache_root
 
     wanted = set(plan.order)

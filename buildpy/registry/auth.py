@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildpy.registry.transport import DOCKER_HUB, DOCKER_HUB_API, RegistryError
+from buildpy.registry.settings import DOCKER_HUB, DOCKER_HUB_API, RegistryError
 
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from buildpy.cas.media import Descriptor
 from buildpy.cas.store import Store, StoreError
 from buildpy.registry import origins, parallel
-from buildpy.registry.client import Client, Progress, _no_progress
+
+if TYPE_CHECKING:  # the HTTP client is imported by whoever makes a Client, not by every build
+    from buildpy.registry.client import Client
+
+Progress = Callable[[str, str, int, int], None]  # (digest, state, bytes done, total)
+
+
+def _no_progress(digest: str, state: str, done: int, total: int) -> None:
+    pass
 
 Fetcher = Callable[[Descriptor], None]
 

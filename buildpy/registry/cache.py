@@ -28,9 +28,9 @@ from buildpy.cas.media import OCI_LAYOUT_VERSION, OCI_MANIFEST, REF_NAME, Descri
 from buildpy.cas.reference import InvalidReference, parse
 from buildpy.cas.store import Store, StoreError, canonical_json, write_atomic
 from buildpy.registry.blobsource import BlobSource
-from buildpy.registry.pull import Clients
+from buildpy.registry.clients import Clients
 from buildpy.registry.push import push_blobs
-from buildpy.registry.transport import RegistryError
+from buildpy.registry.settings import RegistryError
 
 ARTIFACT_TYPE = "application/vnd.buildpy.cache.v1"
 CONFIG_TYPE = "application/vnd.buildpy.cache.config.v1+json"

@@ -19,7 +19,8 @@ from buildpy.cas.media import INDEXES, MANIFESTS, Descriptor
 from buildpy.cas.store import Store
 from buildpy.registry import auth
 from buildpy.registry.auth import Challenge, Credentials
-from buildpy.registry.transport import RegistryError, Response, Settings, Transport, api_host
+from buildpy.registry.settings import RegistryError, Settings, api_host
+from buildpy.registry.transport import Response, Transport
 
 MANIFEST_MAX = 4 << 20  # containerd's bound on a manifest or index
 TOKEN_MAX = 1 << 20
@@ -31,11 +32,7 @@ REDIRECTS = 5
 
 ACCEPT_MANIFESTS = ", ".join(sorted(MANIFESTS | INDEXES))
 
-Progress = Callable[[str, str, int, int], None]  # (digest, state, bytes done, total)
-
-
-def _no_progress(digest: str, state: str, done: int, total: int) -> None:
-    pass
+from buildpy.registry.blobsource import Progress, _no_progress  # noqa: E402 - one definition of both
 
 
 @dataclass

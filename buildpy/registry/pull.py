@@ -9,7 +9,6 @@ stay in the registry until a step needs them (`BlobSource`).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,7 +18,8 @@ from buildpy.cas.reference import Reference, parse
 from buildpy.cas.store import Store, StoreError
 from buildpy.registry import origins, parallel
 from buildpy.registry.client import Client, Progress, _no_progress
-from buildpy.registry.transport import RegistryError, Settings
+from buildpy.registry.clients import Clients
+from buildpy.registry.settings import RegistryError
 
 JOBS = parallel.JOBS  # blobs at once
 CONFIG_MAX = 16 << 20
@@ -34,21 +34,6 @@ class Resolved:
     image: Image
     client: Client
     repo: str
-
-
-class Clients:
-    """One `Client` per registry domain, so tokens and connections are shared by a command."""
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
-        self._clients: dict[str, Client] = {}
-        self._lock = threading.Lock()
-
-    def get(self, domain: str) -> Client:
-        with self._lock:
-            if domain not in self._clients:
-                self._clients[domain] = Client(domain, self.settings)
-            return self._clients[domain]
 
 
 def resolve(store: Store, text: str, clients: Clients, platform: str | None = None) -> Resolved:

@@ -14,8 +14,8 @@ from buildpy.cas.store import Store, StoreError
 from buildpy.registry import origins, parallel
 from buildpy.registry.client import Client, Progress, _no_progress
 from buildpy.registry.parallel import JOBS
-from buildpy.registry.pull import Clients
-from buildpy.registry.transport import RegistryError
+from buildpy.registry.clients import Clients
+from buildpy.registry.settings import RegistryError
 
 
 def push_blobs(store: Store, client: Client, repo: str, descs: Iterable[Descriptor],

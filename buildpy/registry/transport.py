@@ -10,78 +10,22 @@ answers TLS with a bad certificate is an error, never a silent downgrade.
 
 from __future__ import annotations
 
-import ipaddress
-import os
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError, ProtocolError, SSLError
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_API = "registry-1.docker.io"
-CERTS_D = Path("/etc/docker/certs.d")
+from buildpy.registry.settings import RegistryError, Settings
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRIES = 4  # attempts after the first
 BACKOFF = (0.25, 0.5, 1.0, 2.0)
 RETRY_AFTER_MAX = 10.0
-
-
-class RegistryError(Exception):
-    """A registry could not be reached, refused us, or answered something we will not take."""
-
-    user_facing = True
-
-
-def api_host(domain: str) -> str:
-    """The host to talk to for a reference's domain (Docker Hub's API lives elsewhere)."""
-    return DOCKER_HUB_API if domain in (DOCKER_HUB, "index.docker.io") else domain
-
-
-def insecure_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    text = (environ if environ is not None else os.environ).get("BUILDPY_INSECURE_REGISTRIES", "")
-    return tuple(h.strip() for h in text.split(",") if h.strip())
-
-
-def is_loopback(host: str) -> bool:
-    name = host
-    if name.startswith("["):
-        name = name[1:].split("]", 1)[0]
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a user says about reaching registries: hosts allowed plain http, extra CA files,
-    timeouts (seconds)."""
-
-    insecure: tuple[str, ...] = ()
-    ca_certs: tuple[str, ...] = ()
-    connect_timeout: float = 15.0
-    read_timeout: float = 60.0
-    certs_d: Path = CERTS_D
-
-    def http_allowed(self, host: str) -> bool:
-        return is_loopback(host) or host in self.insecure
-
-    @classmethod
-    def from_env(cls, insecure: Iterable[str] = (), ca_certs: Iterable[str] = ()) -> Settings:
-        timeout = float(os.environ.get("BUILDPY_REGISTRY_TIMEOUT", "0") or 0)
-        extra = {"read_timeout": timeout} if timeout > 0 else {}
-        return cls(tuple(insecure) + insecure_from_env(), tuple(ca_certs), **extra)
 
 
 @dataclass
