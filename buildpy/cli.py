@@ -595,11 +595,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from buildpy.cas.gc import prune
     from buildpy.containers import display
-
+    from buildpy.containers.state import image_roots
     from buildpy.sandbox import snapshots
 
     store = _store(args)
-    report = prune(store, cache_mounts=args.cache_mounts)
+    report = prune(store, cache_mounts=args.cache_mounts, keep=image_roots(store))
     snapshots_removed, snapshots_freed = snapshots.prune(store)
     print(f"Deleted blobs: {report.blobs_removed}")
     if snapshots_removed:

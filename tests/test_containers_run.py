@@ -323,3 +323,21 @@ def test_tree_affected_on_locally_built_images(store, tmp_path):
     assert lines[0].startswith("IMAGE") and "echo debug" in lines[1] and "<missing>" in lines[2]
     r = buildpy(store, "tree", "--affected", "0123456789abcdef")
     assert r.returncode == 1 and b"no layer or image" in r.stderr
+
+
+def test_prune_keeps_the_image_a_kept_container_runs_on(store, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo layer > /layer\n")
+    assert buildpy(store, "build", "--progress", "quiet", "-t", "short-lived:1", str(ctx)).returncode == 0
+    assert buildpy(store, "run", "--name", "keeper", "short-lived:1", "sh", "-c", "echo more > /more").returncode == 0
+    assert buildpy(store, "rmi", "short-lived:1").returncode == 0
+    assert buildpy(store, "rmi", "busybox").returncode == 0
+    r = buildpy(store, "prune")
+    assert r.returncode == 0, r.stderr
+    r = buildpy(store, "commit", "keeper", "kept:1")
+    assert r.returncode == 0, r.stderr
+    r = buildpy(store, "run", "--rm", "kept:1", "cat", "/layer", "/more")
+    assert r.stdout == b"layer\nmore\n", r.stderr
+    assert buildpy(store, "rm", "keeper").returncode == 0
+    assert buildpy(store, "fsck").returncode == 0

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,12 @@ class Problem:
 # prune
 
 
-def prune(store: Store, cache_mounts: bool = False) -> PruneReport:
+def prune(store: Store, cache_mounts: bool = False, keep: Iterable[Descriptor] = ()) -> PruneReport:
     """Delete every blob no ref reaches, abandoned temp files, stale diffID entries and, when
-    asked, the cache mounts. Waits for running writers (their leases) first."""
+    asked, the cache mounts. `keep`: more roots (the images containers run on). Waits for
+    running writers (their leases) first."""
     with store.lock("gc"):
-        live = _mark(store)
+        live = _mark(store, list(keep))
         removed = freed = 0
         for name, path in _blob_files(store):
             if name in live:
@@ -84,11 +86,12 @@ def prune(store: Store, cache_mounts: bool = False) -> PruneReport:
     return PruneReport(removed, freed, tmp_freed, cache_freed)
 
 
-def _mark(store: Store) -> set[str]:
-    """The hex names of every blob reachable from the refs. Refuses (rather than guess) when a
-    present manifest or index cannot be read: sweeping then could delete a ref's layers."""
+def _mark(store: Store, keep: list[Descriptor] | None = None) -> set[str]:
+    """The hex names of every blob reachable from the refs (and `keep`). Refuses (rather than
+    guess) when a present manifest or index cannot be read: sweeping then could delete a ref's
+    layers."""
     live: set[str] = set()
-    todo = store.entries()  # named refs, and any unnamed entry a layout tool may have added
+    todo = store.entries() + list(keep or [])  # named refs, and any unnamed entry a layout tool may have added
     while todo:
         desc = todo.pop()
         hexpart = desc.digest.partition(":")[2]

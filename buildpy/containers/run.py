@@ -285,12 +285,8 @@ def commit(store: Store, container: Container, name: str, author: str = "", mess
 
 def _manifest_of(store: Store, container: Container) -> dict:
     digest = container.image_digest
-    return {"mediaType": _media_type(store, digest), "digest": digest, "size": store.blob_size(digest)}
-
-
-def _media_type(store: Store, digest: str) -> str:
-    obj = store.read_json(digest)
-    return obj.get("mediaType") or "application/vnd.oci.image.manifest.v1+json"
+    media_type = store.read_json(digest).get("mediaType") or "application/vnd.oci.image.manifest.v1+json"
+    return {"mediaType": media_type, "digest": digest, "size": store.blob_size(digest)}
 
 
 def lines_for_ps(containers: Sequence[Container]) -> list[list[str]]:

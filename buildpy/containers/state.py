@@ -151,3 +151,18 @@ def remove(store: Store, container: Container, force: bool = False) -> None:
     if not d.exists():
         raise StoreError(f"container {container.name} has no directory")
     remove_workdir(d)
+
+
+def image_roots(store: Store) -> list:
+    """The manifests kept containers run on (prune keeps them: `commit` needs their layers)."""
+    from buildpy.cas.media import Descriptor
+
+    out = []
+    for c in all_containers(store):
+        try:
+            obj = store.read_json(c.image_digest)
+        except (StoreError, ValueError):
+            continue
+        media_type = obj.get("mediaType") or "application/vnd.oci.image.manifest.v1+json"
+        out.append(Descriptor(media_type, c.image_digest, store.blob_size(c.image_digest)))
+    return out
