@@ -55,18 +55,24 @@ class UsageError(Exception):
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from buildpy.executor.options import BuildOptions
-    from buildpy.executor.session import Remote, build, parse_output, parse_secret, parse_ssh
-    from buildpy.planner.args import parse_build_args
-    from buildpy.planner.request import BuildRequest
+    from buildpy.executor.session import Remote, local_context
     from buildpy.registry.cache import parse_spec
 
     remote = Remote(_clients(args), tuple(parse_spec(c, "from") for c in args.cache_from),
                     tuple(parse_spec(c, "to") for c in args.cache_to))
-    context = Path(args.context)
-    dockerfile = Path(args.file) if args.file else context / "Dockerfile"
+    store = _store(args)
+    with local_context(store, args.context, args.file) as (context, dockerfile):
+        return _build_in(args, store, context, dockerfile, remote)
+
+
+def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remote) -> int:  # noqa: ANN001
+    from pathlib import Path
+
+    from buildpy.executor.options import BuildOptions
+    from buildpy.executor.session import build, parse_output, parse_secret, parse_ssh
+    from buildpy.planner.args import parse_build_args
+    from buildpy.planner.request import BuildRequest
+
     labels = dict(item.partition("=")[::2] for item in args.label)
     request = BuildRequest(context=context, dockerfile=dockerfile, build_args=parse_build_args(args.build_arg),
                            target=args.target or None, platform=args.platform or "", labels=labels,
@@ -78,7 +84,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         ssh_agents=dict(parse_ssh(s) for s in args.ssh),
     )
     outputs = [parse_output(o) for o in args.output]
-    result = build(_store(args), request, options, tags=args.tag, outputs=outputs, progress=args.progress,
+    result = build(store, request, options, tags=args.tag, outputs=outputs, progress=args.progress,
                    remote=remote)
     if args.iidfile:
         Path(args.iidfile).write_text(result.image.id)
@@ -93,9 +99,12 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("build", help="build an image from a Dockerfile",
                             description="Build an image from a Dockerfile and its context.")
     p.set_defaults(handler=_cmd_build)
-    p.add_argument("context", metavar="CONTEXT", help="the build context directory")
+    p.add_argument("context", metavar="CONTEXT",
+                   help="the build context: a directory, - (a tar or a Dockerfile on stdin), a git URL "
+                        "(…/repo.git#REF:SUBDIR) or an http(s) tarball URL")
     p.add_argument("-t", "--tag", action="append", default=[], metavar="NAME[:TAG]", help="name the image")
-    p.add_argument("-f", "--file", metavar="DOCKERFILE", help="the Dockerfile (default CONTEXT/Dockerfile)")
+    p.add_argument("-f", "--file", metavar="DOCKERFILE",
+                   help="the Dockerfile (default CONTEXT/Dockerfile; - reads it from stdin)")
     p.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
     p.add_argument("--target", metavar="STAGE", help="build this stage")
     p.add_argument("--no-cache", action="store_true", help="run every step (cache mounts are kept)")

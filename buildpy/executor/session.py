@@ -5,14 +5,15 @@ reads arguments into a `BuildRequest` and `BuildOptions` and calls `build`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from buildpy.cas.image import Image
 from buildpy.cas.store import Store
@@ -407,3 +408,44 @@ def _export_cache(store: Store, plan, result: BuildResult, spec, remote: Remote,
     if progress != "quiet":
         stream.write(f"exported cache {spec.ref or spec.path}: {len(entries)} steps"
                      + (f", {len(mounts)} cache mounts" if mounts else "") + f" ({digest})\n")
+
+
+# --- where the context comes from ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def local_context(store: Store, context: str, dockerfile: str | None,
+                  stdin: BinaryIO | None = None) -> Iterator[tuple[Path, Path]]:
+    """(context dir, Dockerfile) for `build CONTEXT [-f DOCKERFILE]`: CONTEXT a directory, `-`
+    (stdin), a git URL or an http(s) URL; `-f -` reads the Dockerfile from stdin. Temporary
+    copies are removed when the block ends; git checkouts stay in the store (one per commit)."""
+    from buildpy.planner import sources
+
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    if context == "-" and dockerfile == "-":
+        raise OptionError("the context and the Dockerfile cannot both be read from standard input")
+    remote = context == "-" or sources.is_git_url(context) or sources.is_url(context)
+    if context == "-":
+        made = sources.from_stdin(stdin, store.tmp_dir)
+    elif sources.is_git_url(context):
+        made = sources.from_git(context, store.root)
+    elif sources.is_url(context):
+        made = sources.from_url(context, store.tmp_dir)
+    else:
+        made = sources.Context(Path(context))
+    extra: Path | None = None
+    try:
+        if dockerfile == "-":
+            path = sources.dockerfile_from_stdin(stdin, store.tmp_dir)
+            extra = path.parent
+        elif dockerfile:
+            # as docker: -f is a path of its own for a local context, a file inside a remote one
+            path = Path(dockerfile) if not remote or os.path.isabs(dockerfile) else made.directory / dockerfile
+        else:
+            path = made.dockerfile or made.directory / "Dockerfile"
+        yield made.directory, path
+    finally:
+        for tmp in (made.temporary, extra):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,181 @@
+"""Build contexts beyond a local folder: stdin (a tar, compressed or not; a bare Dockerfile;
+`-f -`), git URLs (file:// and a `git daemon` on loopback, with #REF:SUBDIR), and an http
+tarball URL; each built by the real `buildpy` and checked file by file."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import io
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from buildpy.cas.store import Store
+from tests.imagekit import busybox_image, busybox_or_skip
+from tests.test_build import image_files
+
+BUILDPY = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "buildpy")
+DOCKERFILE = "FROM busybox\nCOPY . /ctx/\nRUN cat /ctx/a.txt > /seen\n"
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    busybox_or_skip()
+    s = Store(tmp_path / "store")
+    busybox_image(s)
+    return s
+
+
+def buildpy(store: Store, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([BUILDPY, "--root", str(store.root), *args], input=input, capture_output=True, timeout=120)
+
+
+def tar_of(files: dict[str, str | bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            data = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def ran(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.decode().strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_tar_on_stdin_is_the_context(store, compress):
+    data = tar_of({"Dockerfile": DOCKERFILE, "a.txt": "from the tar\n", "sub/b.txt": "b"})
+    r = buildpy(store, "build", "-t", "t:1", "-", input=gzip.compress(data) if compress else data)
+    assert r.returncode == 0, r.stderr
+    files = image_files(store, "t:1")
+    assert files["seen"][2] == b"from the tar\n" and files["ctx/sub/b.txt"][2] == b"b"
+    assert not list((store.root / "tmp").glob("context-*"))  # the unpacked copy is gone
+
+
+def test_bare_dockerfile_on_stdin_has_an_empty_context(store):
+    r = buildpy(store, "build", "-t", "bare:1", "-", input=b"FROM busybox\nRUN echo bare > /b\n")
+    assert r.returncode == 0, r.stderr
+    assert image_files(store, "bare:1")["b"][2] == b"bare\n"
+    r = buildpy(store, "build", "-", input=b"FROM busybox\nCOPY a.txt /a\n")
+    assert r.returncode == 1 and b"a.txt" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_dockerfile_on_stdin_with_a_local_context(store, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("local\n")
+    r = buildpy(store, "build", "-t", "f:1", "-f", "-", str(ctx), input=DOCKERFILE.encode())
+    assert r.returncode == 0, r.stderr
+    assert image_files(store, "f:1")["seen"][2] == b"local\n"
+    r = buildpy(store, "build", "-f", "-", "-", input=b"FROM busybox\n")
+    assert r.returncode == 1 and b"cannot both be read from standard input" in r.stderr
+
+
+def test_tar_escaping_its_root_is_refused(store):
+    bad = io.BytesIO()
+    with tarfile.open(fileobj=bad, mode="w") as t:
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"x"))
+    r = buildpy(store, "build", "-", input=bad.getvalue())
+    assert r.returncode == 1 and b"cannot be unpacked" in r.stderr and b"Traceback" not in r.stderr
+    assert not (store.root / "outside.txt").exists() and not (store.root / "tmp" / "outside.txt").exists()
+
+
+def git(*args: str, cwd: Path) -> str:
+    if not shutil.which("git"):
+        pytest.skip("git not installed (Debian package git)")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    r = tmp_path / "repo.git"
+    (r / "app").mkdir(parents=True)
+    git("init", "-q", "-b", "main", ".", cwd=r)
+    (r / "app" / "Dockerfile").write_text(DOCKERFILE)
+    (r / "app" / "a.txt").write_text("v1\n")
+    (r / "top.txt").write_text("not in the subdir")
+    git("add", ".", cwd=r)
+    git("commit", "-qm", "one", cwd=r)
+    git("tag", "v1", cwd=r)
+    return r
+
+
+def test_git_context_with_ref_and_subdir_and_its_cache(store, repo):
+    url = f"file://{repo}"
+    r = buildpy(store, "build", "--progress", "plain", "-t", "g:1", f"{url}#v1:app")
+    assert r.returncode == 0, r.stderr
+    files = image_files(store, "g:1")
+    assert files["seen"][2] == b"v1\n" and "ctx/top.txt" not in files and "ctx/.git" not in files
+    # the same commit through another ref: nothing runs
+    r = buildpy(store, "build", "--progress", "plain", "-t", "g:2", f"{url}#main:app")
+    assert r.returncode == 0 and "(0 ran" in ran(r), r.stderr
+    # a new commit on the branch reruns from the step that reads it
+    (repo / "app" / "a.txt").write_text("v2\n")
+    git("commit", "-qam", "two", cwd=repo)
+    r = buildpy(store, "build", "--progress", "plain", "-t", "g:3", f"{url}#main:app")
+    assert r.returncode == 0 and "(2 ran" in ran(r), r.stderr
+    assert image_files(store, "g:3")["seen"][2] == b"v2\n"
+    r = buildpy(store, "build", f"{url}#no-such-branch")
+    assert r.returncode == 1 and b"no ref 'no-such-branch'" in r.stderr
+
+
+def test_git_daemon_url(store, repo, tmp_path):
+    git("clone", "-q", "--bare", str(repo), str(tmp_path / "served" / "project.git"), cwd=tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={tmp_path / 'served'}",
+                               "--listen=127.0.0.1", f"--port={port}", str(tmp_path / "served")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        r = buildpy(store, "build", "-t", "d:1", f"git://127.0.0.1:{port}/project.git#main:app")
+        assert r.returncode == 0, r.stderr
+        assert image_files(store, "d:1")["seen"][2] == b"v1\n"
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def test_http_tarball_context(store, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ctx.tar.gz").write_bytes(gzip.compress(tar_of({"Dockerfile": DOCKERFILE, "a.txt": "over http\n"})))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(served), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        r = buildpy(store, "build", "-t", "h:1", f"{base}/ctx.tar.gz")
+        assert r.returncode == 0, r.stderr
+        assert image_files(store, "h:1")["seen"][2] == b"over http\n"
+        r = buildpy(store, "build", f"{base}/missing.tar")
+        assert r.returncode == 1 and b"404" in r.stderr and b"Traceback" not in r.stderr
+    finally:
+        server.shutdown()
