@@ -55,17 +55,18 @@ class UsageError(Exception):
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from buildpy.executor.session import Remote, local_context
+    from buildpy.executor.session import Remote, local_context, named_contexts
     from buildpy.registry.cache import parse_spec
 
     remote = Remote(_clients(args), tuple(parse_spec(c, "from") for c in args.cache_from),
                     tuple(parse_spec(c, "to") for c in args.cache_to))
     store = _store(args)
-    with local_context(store, args.context, args.file) as (context, dockerfile):
-        return _build_in(args, store, context, dockerfile, remote)
+    with local_context(store, args.context, args.file) as (context, dockerfile), \
+            named_contexts(store, args.build_context) as named:
+        return _build_in(args, store, context, dockerfile, remote, named)
 
 
-def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remote) -> int:  # noqa: ANN001
+def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remote, named) -> int:  # noqa: ANN001
     from pathlib import Path
 
     from buildpy.executor.options import BuildOptions
@@ -76,7 +77,7 @@ def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remot
     labels = dict(item.partition("=")[::2] for item in args.label)
     request = BuildRequest(context=context, dockerfile=dockerfile, build_args=parse_build_args(args.build_arg),
                            target=args.target or None, platform=args.platform or "", labels=labels,
-                           network=args.network, pull=args.pull)
+                           network=args.network, pull=args.pull, named_contexts=named)
     options = BuildOptions(
         jobs=args.jobs, no_cache=args.no_cache, no_cache_filter=frozenset(args.no_cache_filter),
         compression="" if args.compression == "uncompressed" else args.compression, network=args.network,
@@ -106,6 +107,9 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--file", metavar="DOCKERFILE",
                    help="the Dockerfile (default CONTEXT/Dockerfile; - reads it from stdin)")
     p.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="set a build arg")
+    p.add_argument("--build-context", action="append", default=[], metavar="NAME=DIR|docker-image://REF|…",
+                   help="a named context for FROM NAME / COPY --from=NAME: a directory, docker-image://REF, "
+                        "oci-layout://PATH[:TAG], a git or http(s) URL")
     p.add_argument("--target", metavar="STAGE", help="build this stage")
     p.add_argument("--no-cache", action="store_true", help="run every step (cache mounts are kept)")
     p.add_argument("--pull", action="store_true", help="ask the registry for every FROM image, even one in the store")

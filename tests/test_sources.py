@@ -179,3 +179,35 @@ def test_http_tarball_context(store, tmp_path):
         assert r.returncode == 1 and b"404" in r.stderr and b"Traceback" not in r.stderr
     finally:
         server.shutdown()
+
+
+def test_named_build_contexts(store, tmp_path, repo):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "o.txt").write_text("from a named dir\n")
+    (other / "ignored.txt").write_text("x")
+    (other / ".dockerignore").write_text("ignored.txt\n")
+    ctx = tmp_path / "main"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM base\nCOPY --from=extra . /extra/\nCOPY --from=src app/a.txt /git-a.txt\n"
+                                    "RUN cat /extra/o.txt /git-a.txt > /seen\n")
+    common = ["--build-context", f"extra={other}", "--build-context", f"src=file://{repo}#main"]
+    r = buildpy(store, "build", "-t", "n:1", "--build-context", "base=docker-image://busybox", *common, str(ctx))
+    assert r.returncode == 0, r.stderr
+    files = image_files(store, "n:1")
+    assert files["seen"][2] == b"from a named dir\nv1\n"
+    assert "extra/ignored.txt" not in files and "extra/.dockerignore" in files  # its own .dockerignore
+    # the base from an OCI layout instead: same files on another image
+    assert buildpy(store, "tag", "busybox", "layout-me:1").returncode == 0
+    assert buildpy(store, "export", "--oci", "-o", str(tmp_path / "layout"), "layout-me:1").returncode == 0
+    r = buildpy(store, "build", "-t", "n:2", "--build-context", f"base=oci-layout://{tmp_path / 'layout'}", *common,
+                str(ctx))
+    assert r.returncode == 0, r.stderr
+    assert image_files(store, "n:2")["seen"][2] == b"from a named dir\nv1\n"
+    # a changed file in the named dir reruns the COPY that reads it
+    (other / "o.txt").write_text("changed\n")
+    r = buildpy(store, "build", "--progress", "plain", "-t", "n:3", "--build-context", "base=docker-image://busybox",
+                *common, str(ctx))
+    assert r.returncode == 0 and "(3 ran" in ran(r), r.stderr
+    r = buildpy(store, "build", "--build-context", "nonsense", str(ctx))
+    assert r.returncode == 1 and b"expected NAME=VALUE" in r.stderr

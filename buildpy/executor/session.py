@@ -143,7 +143,8 @@ def build(
     ident = identity(request)
     patterns = read_patterns(request.context, request.dockerfile)
     fingerprint = ""
-    if not options.no_cache and not options.no_cache_filter and not remote.cache_to and not request.pull:
+    if (not options.no_cache and not options.no_cache_filter and not remote.cache_to and not request.pull
+            and not request.named_contexts):  # the fingerprint does not cover named contexts
         try:
             dockerfile = request.dockerfile.read_bytes()
         except OSError:
@@ -449,3 +450,68 @@ def local_context(store: Store, context: str, dockerfile: str | None,
         for tmp in (made.temporary, extra):
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def named_contexts(store: Store, specs: Sequence[str]) -> Iterator[dict[str, tuple[str, str]]]:
+    """`--build-context NAME=VALUE`: VALUE a directory, `docker-image://REF`,
+    `oci-layout://PATH[:TAG|@DIGEST]`, a git URL or an http(s) tarball URL; each as
+    ("image", reference or digest) or ("dir", path). Temporary copies go when the block ends."""
+    from buildpy.planner import sources
+
+    out: dict[str, tuple[str, str]] = {}
+    temporary: list[Path] = []
+    try:
+        for spec in specs:
+            name, eq, value = spec.partition("=")
+            name = name.strip()
+            if not eq or not name or not value:
+                raise OptionError(f"invalid --build-context {spec!r}: expected NAME=VALUE")
+            if value.startswith("docker-image://"):
+                out[name] = ("image", value[len("docker-image://"):])
+            elif value.startswith("oci-layout://"):
+                out[name] = ("image", _from_layout(store, value[len("oci-layout://"):], spec))
+            elif sources.is_git_url(value):
+                out[name] = ("dir", str(sources.from_git(value, store.root).directory))
+            elif sources.is_url(value):
+                store.tmp_dir.mkdir(parents=True, exist_ok=True)
+                made = sources.from_url(value, store.tmp_dir)
+                if made.temporary is not None:
+                    temporary.append(made.temporary)
+                out[name] = ("dir", str(made.directory))
+            else:
+                path = Path(value).absolute()
+                if not path.is_dir():
+                    raise OptionError(f"--build-context {name}: {value} is not a directory")
+                out[name] = ("dir", str(path))
+        yield out
+    finally:
+        for tmp in temporary:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _from_layout(store: Store, text: str, spec: str) -> str:
+    """The manifest digest of the image an OCI layout holds (its only one, or the one tagged or
+    digested as asked), its blobs copied into the store untagged."""
+    import re
+
+    from buildpy.cas import ocilayout
+    from buildpy.cas.archive import open_source
+
+    m = re.fullmatch(r"(.+?)(?:@(sha256:[0-9a-f]{64})|:([\w][\w.-]{0,127}))?", text)
+    assert m is not None
+    path, digest, tag = Path(m.group(1)), m.group(2), m.group(3)
+    if not path.exists() and tag:  # a path with a colon in it
+        path, tag = Path(text), None
+    if not path.exists():
+        raise OptionError(f"--build-context {spec}: no OCI layout at {path}")
+    with store.lease(), open_source(store, path) as src:
+        found = ocilayout.load(store, src)
+    for f in found:
+        if (digest and f.descriptor.digest == digest) or (tag and any(n.endswith(f":{tag}") or n == tag
+                                                                       for n in f.names)):
+            return f.image.digest
+    if not digest and not tag and len(found) == 1:
+        return found[0].image.digest
+    raise OptionError(f"--build-context {spec}: the layout holds {len(found)} images and none is "
+                      f"{digest or tag or 'the only one'}")

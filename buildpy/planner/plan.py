@@ -251,6 +251,12 @@ class _Planner:
             base_plan = self.stages[stage.base_stage]
             return Base("stage", base_plan.name, base_plan.key, stage=stage.base_stage)
         word = stage.expanded_base if stage.expanded_base is not None else stage.base
+        named = self.request.named_contexts.get(word)
+        if named is not None:
+            if named[0] != "image":
+                raise DockerfileError(f"FROM {word}: the build context {word!r} is a directory; "
+                                      "use it with COPY --from", stage.start.file, stage.start.line, stage.start.col)
+            word = named[1]
         if word.lower() == "scratch" and word == "scratch":
             return Base("scratch", "scratch", key_of({"op": "scratch", "platform": self._stage_platform(stage)}))
         image = self._image(word, stage.start, self._stage_platform(stage))
@@ -610,20 +616,30 @@ class _StageState:
         if target and not target.startswith("/"):
             target = posixpath.join(self.workdir, target)
         target = posixpath.normpath(target) if target else target
-        from_stage, from_image, selection = self._from(ins, m.from_) if m.from_ else (None, None, None)
+        from_stage, from_image, from_dir = self._from(ins, m.from_) if m.from_ else (None, None, None)
+        selection = None
+        if from_dir is not None:
+            raise DockerfileError(f"RUN --mount from={m.from_}: mounting a directory build context is not "
+                                  "supported yet; COPY --from it instead", ins.file, ins.line, ins.col)
         if m.type == "bind" and not m.from_:
             source = m.source or "."
             selection = self._select(ins, [source], (), what="RUN --mount")
         return RunMountPlan(m.type, target, m.source, m, from_stage, from_image, selection)
 
-    def _from(self, ins: Instruction, ref: str) -> tuple[int | None, Image | None, None]:
-        """What `--from=ref` names: a stage (by name or index) or an image."""
+    def _from(self, ins: Instruction, ref: str) -> tuple[int | None, Image | None, Path | None]:
+        """What `--from=ref` names: a stage (by name or index), a `--build-context` (an image or
+        a directory), or an image."""
         df = self.p.dockerfile
         for stage in df.stages:
             if stage.name is not None and stage.name == ref.lower():
                 return stage.index, None, None
         if ref.isdigit() and int(ref) < len(df.stages):
             return int(ref), None, None
+        named = self.p.request.named_contexts.get(ref)
+        if named is not None:
+            if named[0] == "dir":
+                return None, None, Path(named[1])
+            ref = named[1]
         return None, self.p._image(ref, ins), None
 
     def _select(self, ins: Instruction, sources: Sequence[str], excludes: Sequence[str], what: str) -> Selection:
@@ -631,6 +647,19 @@ class _StageState:
             return self.p.reader.select(sources, excludes=excludes, what=what)
         except ContextError as e:
             raise PlanError(f"{ins.file}:{ins.line}: {e}") from None
+
+    def _select_in(self, root: Path, ins: Instruction, sources: Sequence[str], excludes: Sequence[str],
+                   what: str) -> Selection:
+        """COPY --from a directory build context: read as the main context is, with its own
+        .dockerignore."""
+        from buildpy.planner.context import ContextError, ContextReader
+        from buildpy.planner.dockerignore import Matcher, read_patterns
+
+        try:
+            reader = ContextReader(root, ignore=Matcher(read_patterns(root, root / "Dockerfile")))
+            return reader.select(sources, excludes=excludes, what=what)
+        except ContextError as e:
+            raise DockerfileError(str(e), ins.file, ins.line, ins.col) from None
 
     def _copy(self, ins: FileCopy, label: str) -> Step:
         from buildpy.planner.context import selection_digest, selection_files
@@ -661,10 +690,16 @@ class _StageState:
         selection: Selection | None = None
         files: dict[str, str] = {}
         source_inputs: dict[str, Any]
+        from_dir: Path | None = None
         if from_ref:
-            from_stage, from_image, _ = self._from(ins, from_ref)
-            source_inputs = ({"stage": self.p.stages[from_stage].key} if from_stage is not None
-                             else {"image": from_image.digest if from_image else ""})
+            from_stage, from_image, from_dir = self._from(ins, from_ref)
+            if from_dir is not None:
+                selection = self._select_in(from_dir, ins, ins.sources, ins.excludes, what)
+                source_inputs = {"files": selection_digest(selection)}
+                files = selection_files(selection)
+            else:
+                source_inputs = ({"stage": self.p.stages[from_stage].key} if from_stage is not None
+                                 else {"image": from_image.digest if from_image else ""})
         elif ins.sources:
             selection = self._select(ins, ins.sources, ins.excludes, what)
             source_inputs = {"files": selection_digest(selection)}
@@ -687,7 +722,7 @@ class _StageState:
             flags += f" --chmod={ins.chmod}"
         history = f"{what}{flags} {' '.join(ins.sources)} {ins.dest}".replace("  ", " ") + " # buildkit"
         return self._keyed("copy", ins, label, history, inputs, selection=selection, from_stage=from_stage,
-                           from_image=from_image, files=files)
+                           from_image=from_image, files=files, source_root=from_dir)
 
 
     def _add_urls(self, ins: Add, urls: list[str], label: str) -> Step:

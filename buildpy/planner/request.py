@@ -20,6 +20,8 @@ class BuildRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     network: str = "default"
     pull: bool = False  # ask the registry for every FROM image, even one the store has (--pull)
+    # --build-context NAME=…, resolved: ("image", REF) or ("dir", PATH)
+    named_contexts: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def identity(request: BuildRequest) -> str:
