@@ -56,14 +56,84 @@ class UsageError(Exception):
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from buildpy.executor.session import Remote, local_context, named_contexts
-    from buildpy.registry.cache import parse_spec
 
-    remote = Remote(_clients(args), tuple(parse_spec(c, "from") for c in args.cache_from),
-                    tuple(parse_spec(c, "to") for c in args.cache_to))
+    remote = Remote(_clients(args))
+    if args.cache_from or args.cache_to:
+        from buildpy.registry.cache import parse_spec
+
+        remote = Remote(remote.clients, tuple(parse_spec(c, "from") for c in args.cache_from),
+                        tuple(parse_spec(c, "to") for c in args.cache_to))
     store = _store(args)
     with local_context(store, args.context, args.file) as (context, dockerfile), \
             named_contexts(store, args.build_context) as named:
         return _build_in(args, store, context, dockerfile, remote, named)
+
+
+def _checks(context, dockerfile, build_args: dict[str, str], platform: str, skip: Sequence[str] = (),  # noqa: ANN001
+            error: bool | None = None):  # noqa: ANN202 - checks.findings.LintResult
+    """The build checks of a Dockerfile: its `# check=` directive, then the flags."""
+    from pathlib import Path
+
+    from buildpy.checks.config import config_from_directive, merge
+    from buildpy.checks.lint import lint
+    from buildpy.grammar.errors import DockerfileError
+    from buildpy.planner.dockerignore import Matcher, read_patterns
+
+    dockerfile = Path(dockerfile)
+    try:
+        source = dockerfile.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {dockerfile}: {e.strerror}") from None
+    name = dockerfile.name if dockerfile.parent == Path(context) else str(dockerfile)
+    try:
+        config = merge(config_from_directive(source, name), skip, error)
+    except DockerfileError:
+        config = None  # lint reports the directive's mistake
+    ignore = Matcher(read_patterns(Path(context), dockerfile))
+    return lint(source, name, ignored=ignore, build_args=build_args, target_platform=platform or "linux/amd64",
+                config=config), name
+
+
+def _remembered_checks(store: Store, context, dockerfile, build_args: dict[str, str], platform: str):  # noqa: ANN001, ANN202
+    """The checks a build runs first, remembered per Dockerfile (checks/memo.py)."""
+    import json
+    from pathlib import Path
+
+    from buildpy.checks import memo
+
+    def read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError:
+            return b"\0missing"
+
+    dockerfile = Path(dockerfile)
+    ignore_files = [Path(context) / ".dockerignore", Path(str(dockerfile) + ".dockerignore")]
+    key = memo.key_of([__version__, str(dockerfile), read(dockerfile), *(read(p) for p in ignore_files), platform,
+                       json.dumps(sorted(build_args.items()))])
+
+    def compute() -> memo.Verdict:
+        result, _ = _checks(context, dockerfile, build_args, platform)
+        lines = tuple(f"{f.file}:{f.line}: {f.rule}: {f.message}" for f in result.findings)
+        return memo.Verdict(lines, result.config.error, result.error is not None)
+
+    return memo.verdict(store.root / "checks", key, compute)
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from buildpy.checks import report
+    from buildpy.planner.args import parse_build_args
+
+    context = Path(args.context)
+    dockerfile = Path(args.file) if args.file else context / "Dockerfile"
+    skip = [r.strip() for item in args.skip for r in item.split(",") if r.strip()]
+    result, name = _checks(context, dockerfile, parse_build_args(args.build_arg), "", skip, True if args.error else None)
+    render = {"text": report.render_text, "json": lambda r, _n: report.render_json(r),
+              "sarif": report.render_sarif}[args.format]
+    sys.stdout.write(render(result, name))
+    return 1 if result.findings or result.error is not None else 0
 
 
 def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remote, named) -> int:  # noqa: ANN001
@@ -74,8 +144,23 @@ def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remot
     from buildpy.planner.args import parse_build_args
     from buildpy.planner.request import BuildRequest
 
+    build_args = parse_build_args(args.build_arg)
+    if args.check:
+        from buildpy.checks import report
+
+        result, name = _checks(context, dockerfile, dict(build_args), args.platform or "")
+        sys.stdout.write(report.render_text(result, name))
+        return 1 if result.findings or result.error is not None else 0
+    if not args.no_checks:
+        verdict = _remembered_checks(store, context, dockerfile, dict(build_args), args.platform or "")
+        if verdict.lines and args.progress != "quiet":
+            for line in verdict.lines:
+                print(f"warning: {line}", file=sys.stderr)
+        if verdict.lines and verdict.error:
+            raise UsageError(f"{len(verdict.lines)} build check(s) failed and the Dockerfile asks for "
+                             "error=true (# check=error=true)")
     labels = dict(item.partition("=")[::2] for item in args.label)
-    request = BuildRequest(context=context, dockerfile=dockerfile, build_args=parse_build_args(args.build_arg),
+    request = BuildRequest(context=context, dockerfile=dockerfile, build_args=build_args,
                            target=args.target or None, platform=args.platform or "", labels=labels,
                            network=args.network, pull=args.pull, named_contexts=named)
     options = BuildOptions(
@@ -132,7 +217,20 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
                    help="network.host or security.insecure")
     p.add_argument("--compression", choices=("gzip", "zstd", "uncompressed"), default="gzip",
                    help="layer compression")
+    p.add_argument("--check", action="store_true", help="run the build checks and stop (exit 1 when one fires)")
+    p.add_argument("--no-checks", action="store_true", help="do not run the build checks first")
     _registry_flags(p)
+
+    p = commands.add_parser("lint", help="run the build checks on a Dockerfile",
+                            description="Run BuildKit's build checks (lint rules) on a Dockerfile; exit 1 when "
+                                        "one fires.")
+    p.set_defaults(handler=_cmd_lint)
+    p.add_argument("context", metavar="CONTEXT", nargs="?", default=".", help="the build context (default .)")
+    p.add_argument("-f", "--file", metavar="DOCKERFILE", help="the Dockerfile (default CONTEXT/Dockerfile)")
+    p.add_argument("--format", choices=("text", "json", "sarif"), default="text")
+    p.add_argument("--skip", action="append", default=[], metavar="RULE[,RULE…]", help="rules not to run (or all)")
+    p.add_argument("--error", action="store_true", help="findings are errors (as # check=error=true)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="K[=V]", help="build args the checks see")
 
 
 # registries: pull, push, login, logout

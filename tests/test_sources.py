@@ -211,3 +211,22 @@ def test_named_build_contexts(store, tmp_path, repo):
     assert r.returncode == 0 and "(3 ran" in ran(r), r.stderr
     r = buildpy(store, "build", "--build-context", "nonsense", str(ctx))
     assert r.returncode == 1 and b"expected NAME=VALUE" in r.stderr
+
+
+def test_add_of_a_git_repository(store, tmp_path, repo):
+    commit = git("rev-parse", "HEAD", cwd=repo).strip()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    url = f"file://{repo}#v1"
+    (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {url} /src\nADD --keep-git-dir=true {url} /kept\n"
+                                    f"ADD --checksum={commit} {url}:app /app\n")
+    r = buildpy(store, "build", "-t", "a:1", str(ctx))
+    assert r.returncode == 0, r.stderr
+    files = image_files(store, "a:1")
+    assert files["src/app/a.txt"][2] == b"v1\n" and files["src/top.txt"][2] == b"not in the subdir"
+    assert not any(p.startswith("src/.git") for p in files)
+    assert "kept/.git/HEAD" in files
+    assert files["app/a.txt"][2] == b"v1\n" and "app/top.txt" not in files
+    (ctx / "Dockerfile").write_text(f"FROM busybox\nADD --checksum={'0' * 40} {url} /src\n")
+    r = buildpy(store, "build", str(ctx))
+    assert r.returncode == 1 and b"is not the commit" in r.stderr and b"Traceback" not in r.stderr

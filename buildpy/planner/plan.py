@@ -672,13 +672,12 @@ class _StageState:
                 raise DockerfileError(str(e), ins.file, ins.line, ins.col) from None
         if isinstance(ins, Add):
             from buildpy.planner.remote import is_url
+            from buildpy.planner.sources import is_git_url
 
-            if any(_is_git(src) for src in ins.sources):
-                raise DockerfileError("ADD of a git repository is not supported by buildpy build yet",
-                                      ins.file, ins.line, ins.col)
+            if any(is_git_url(src) for src in ins.sources):
+                return self._add_git(ins, label)
             if ins.keep_git_dir is not None:
-                raise DockerfileError("ADD --keep-git-dir applies to git sources, which buildpy build "
-                                      "does not support yet", ins.file, ins.line, ins.col)
+                raise DockerfileError("ADD --keep-git-dir applies only to git sources", ins.file, ins.line, ins.col)
             urls = [src for src in ins.sources if is_url(src)]
             if urls:
                 return self._add_urls(ins, urls, label)
@@ -725,6 +724,35 @@ class _StageState:
                            from_image=from_image, files=files, source_root=from_dir)
 
 
+    def _add_git(self, ins: Add, label: str) -> Step:
+        """ADD of a git repository (`URL#REF[:SUBDIR]`): checked out while planning (once per
+        commit, in the store), its tree the source; `--checksum` must be the commit."""
+        from buildpy.planner.sources import SourceError, from_git, resolve_commit, split_fragment
+
+        if len(ins.sources) != 1:
+            raise DockerfileError("ADD of a git repository takes one source", ins.file, ins.line, ins.col)
+        url = ins.sources[0]
+        base, ref, _subdir = split_fragment(url)
+        try:
+            commit = resolve_commit(base, ref, f"ADD {base}")
+            if ins.checksum and ins.checksum != commit:
+                raise PlanError(f"{ins.file}:{ins.line}: ADD {url}: the checksum {ins.checksum} is not the "
+                                f"commit {commit}")
+            checkout = from_git(url, self.p.store.root, keep_git_dir=bool(ins.keep_git_dir)).directory
+        except SourceError as e:
+            raise PlanError(f"{ins.file}:{ins.line}: {e}") from None
+        selection = ContextReader(checkout).select(["."], what="ADD")
+        from buildpy.planner.context import selection_digest
+
+        inputs = {
+            "op": "add", "parent": self.key, "git": base, "commit": commit, "files": selection_digest(selection),
+            "dest": ins.dest, "workdir": self.workdir, "chown": ins.chown, "chmod": ins.chmod, "link": ins.link,
+            "keep_git_dir": bool(ins.keep_git_dir), "epoch": self.p.epoch,
+        }
+        flags = (f" --chown={ins.chown}" if ins.chown else "") + (f" --chmod={ins.chmod}" if ins.chmod else "")
+        history = f"ADD{flags} {url} {ins.dest} # buildkit"
+        return self._keyed("copy", ins, label, history, inputs, selection=selection, source_root=checkout)
+
     def _add_urls(self, ins: Add, urls: list[str], label: str) -> Step:
         import tempfile
 
@@ -752,12 +780,6 @@ class _StageState:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _is_git(source: str) -> bool:
-    if source.startswith(("git@", "git://", "ssh://")):
-        return True
-    return source.startswith(("http://", "https://")) and (".git#" in source or source.endswith(".git"))
 
 
 def _is_single_heredoc(word: str) -> bool:

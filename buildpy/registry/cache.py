@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from buildpy.cas.reference import InvalidReference, parse
 from buildpy.cas.store import Store, StoreError, canonical_json, write_atomic
 from buildpy.registry.blobsource import BlobSource
 from buildpy.registry.clients import Clients
-from buildpy.registry.push import push_blobs
 from buildpy.registry.settings import RegistryError
 
 ARTIFACT_TYPE = "application/vnd.buildpy.cache.v1"
@@ -186,6 +184,8 @@ def _read_documents(manifest_bytes: bytes, config_bytes_of, where: str) -> tuple
 
 def mount_layers(store: Store, dirs: Iterable[tuple[str, Path]]) -> list[tuple[str, Descriptor]]:
     """Each cache-mount directory as a gzip layer (its files as they are, owners and times kept)."""
+    import tarfile
+
     from buildpy.cas.layers import add_layer
 
     out = []
@@ -209,6 +209,7 @@ def mount_layers(store: Store, dirs: Iterable[tuple[str, Path]]) -> list[tuple[s
 def export(store: Store, spec: CacheSpec, entries: Sequence[Entry], mounts: Sequence[tuple[str, Descriptor]],
            clients: Clients, blobs: BlobSource) -> str:
     """Write the cache where `spec` says; returns the cache manifest's digest."""
+    from buildpy.registry.push import push_blobs  # the HTTP client: only when a cache is written
     with store.lease():
         manifest, _config, descs = _documents(store, entries, mounts)
         if spec.type == "local":
