@@ -70,7 +70,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _checks(context, dockerfile, build_args: dict[str, str], platform: str, skip: Sequence[str] = (),  # noqa: ANN001
-            error: bool | None = None):  # noqa: ANN202 - checks.findings.LintResult
+            error: bool | None = None, store: Store | None = None):  # noqa: ANN202 - checks.findings.LintResult
     """The build checks of a Dockerfile: its `# check=` directive, then the flags."""
     from pathlib import Path
 
@@ -90,8 +90,46 @@ def _checks(context, dockerfile, build_args: dict[str, str], platform: str, skip
     except DockerfileError:
         config = None  # lint reports the directive's mistake
     ignore = Matcher(read_patterns(Path(context), dockerfile))
+    images = _image_facts(store) if store is not None else {}
+
+    def base_env(ref: str) -> dict[str, str] | None:
+        config = images.get(ref)
+        if config is None:
+            return None
+        return dict(item.partition("=")[::2] for item in (config.get("config") or {}).get("Env") or [])
+
+    def base_platform(ref: str) -> str | None:
+        config = images.get(ref)
+        if config is None or not config.get("os"):
+            return None
+        return "/".join(p for p in (config.get("os"), config.get("architecture"), config.get("variant")) if p)
+
     return lint(source, name, ignored=ignore, build_args=build_args, target_platform=platform or "linux/amd64",
-                config=config), name
+                config=config, base_env=base_env, base_platform=base_platform), name
+
+
+def _image_facts(store: Store) -> dict[str, dict]:
+    """What the checks may know of base images the store has (never a pull): name → config,
+    under the name as written and as the store normalises it."""
+    from buildpy.cas.reference import InvalidReference, parse, tagged_images
+
+    class Facts(dict):
+        def get(self, ref: str, default=None):  # noqa: ANN001, ANN202
+            if ref in self:
+                return self[ref]
+            try:
+                return super().get(parse(ref).name if ":" in ref.rsplit("/", 1)[-1] or "@" in ref
+                                   else parse(ref).with_tag("latest").name, default)
+            except (InvalidReference, ValueError):
+                return default
+
+    facts = Facts()
+    try:
+        for t in tagged_images(store):
+            facts[t.name] = t.image.config
+    except Exception:  # noqa: BLE001 - the checks run without image facts then
+        pass
+    return facts
 
 
 def _remembered_checks(store: Store, context, dockerfile, build_args: dict[str, str], platform: str):  # noqa: ANN001, ANN202
@@ -109,11 +147,16 @@ def _remembered_checks(store: Store, context, dockerfile, build_args: dict[str, 
 
     dockerfile = Path(dockerfile)
     ignore_files = [Path(context) / ".dockerignore", Path(str(dockerfile) + ".dockerignore")]
+    try:  # the base images' facts count: any change of the store's refs checks anew
+        st = store.index_path.stat()
+        refs_stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        refs_stamp = "none"
     key = memo.key_of([__version__, str(dockerfile), read(dockerfile), *(read(p) for p in ignore_files), platform,
-                       json.dumps(sorted(build_args.items()))])
+                       json.dumps(sorted(build_args.items())), refs_stamp])
 
     def compute() -> memo.Verdict:
-        result, _ = _checks(context, dockerfile, build_args, platform)
+        result, _ = _checks(context, dockerfile, build_args, platform, store=store)
         lines = tuple(f"{f.file}:{f.line}: {f.rule}: {f.message}" for f in result.findings)
         return memo.Verdict(lines, result.config.error, result.error is not None)
 
@@ -129,7 +172,8 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     context = Path(args.context)
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"
     skip = [r.strip() for item in args.skip for r in item.split(",") if r.strip()]
-    result, name = _checks(context, dockerfile, parse_build_args(args.build_arg), "", skip, True if args.error else None)
+    result, name = _checks(context, dockerfile, parse_build_args(args.build_arg), "", skip, True if args.error else None,
+                           _store(args))
     render = {"text": report.render_text, "json": lambda r, _n: report.render_json(r),
               "sarif": report.render_sarif}[args.format]
     sys.stdout.write(render(result, name))
@@ -148,7 +192,7 @@ def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remot
     if args.check:
         from buildpy.checks import report
 
-        result, name = _checks(context, dockerfile, dict(build_args), args.platform or "")
+        result, name = _checks(context, dockerfile, dict(build_args), args.platform or "", store=store)
         sys.stdout.write(report.render_text(result, name))
         return 1 if result.findings or result.error is not None else 0
     if not args.no_checks:
@@ -203,6 +247,8 @@ def _build_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--network", choices=("default", "none", "host"), default="default",
                    help="the network of RUN steps")
     p.add_argument("--progress", choices=("auto", "plain", "tty", "quiet"), default="auto")
+    p.add_argument("-q", "--quiet", dest="progress", action="store_const", const="quiet",
+                   help="print only the image ID (as --progress quiet)")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH|env=VAR")
     p.add_argument("--ssh", action="append", default=[], metavar="default|ID=SOCKET",
                    help="an ssh agent for RUN --mount=type=ssh (default: $SSH_AUTH_SOCK)")

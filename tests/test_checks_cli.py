@@ -70,3 +70,19 @@ def test_build_warns_first_and_check_stops(ctx, tmp_path, capsys):
     (ctx / "Dockerfile").write_text("# check=skip=all\n" + BAD)
     rc, out, err = cli("--root", str(store.root), "build", str(ctx), capsys=capsys)
     assert rc == 0 and "warning:" not in err
+
+
+def test_checks_know_the_base_images_the_store_has(tmp_path, capsys):
+    busybox_or_skip()
+    store = Store(tmp_path / "store")
+    busybox_image(store, extra=None)
+    from tests.imagekit import busybox_tar, image_from_tars
+
+    image_from_tars(store, [busybox_tar()], "docker.io/library/withenv:1", config={"Env": ["X=1", "PATH=/bin"]})
+    d = tmp_path / "ctx"
+    d.mkdir()
+    (d / "Dockerfile").write_text("FROM withenv:1\nENV Y=$X$NOPE\n")
+    rc, out, _ = cli("--root", str(store.root), "lint", str(d), capsys=capsys)
+    assert rc == 1 and "'$NOPE'" in out and "'$X'" not in out
+    rc, out, _ = cli("--root", str(tmp_path / "empty-store"), "lint", str(d), capsys=capsys)
+    assert "'$X'" in out  # unknown image: its env is unknown too
