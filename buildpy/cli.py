@@ -63,10 +63,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
         remote = Remote(remote.clients, tuple(parse_spec(c, "from") for c in args.cache_from),
                         tuple(parse_spec(c, "to") for c in args.cache_to))
+    from buildpy.executor.session import parse_secret, parse_ssh
+    from buildpy.planner.sources import SourceAuth
+
     store = _store(args)
-    with local_context(store, args.context, args.file) as (context, dockerfile), \
-            named_contexts(store, args.build_context) as named:
-        return _build_in(args, store, context, dockerfile, remote, named)
+    secrets = dict(parse_secret(s) for s in args.secret)
+    ssh_agents = dict(parse_ssh(s) for s in args.ssh)
+    auth = SourceAuth.from_secrets(secrets, ssh_agents)
+    with local_context(store, args.context, args.file, auth=auth) as (context, dockerfile), \
+            named_contexts(store, args.build_context, auth) as named:
+        return _build_in(args, store, context, dockerfile, remote, named, secrets, ssh_agents, auth)
 
 
 def _checks(context, dockerfile, build_args: dict[str, str], platform: str, skip: Sequence[str] = (),  # noqa: ANN001
@@ -180,11 +186,12 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     return 1 if result.findings or result.error is not None else 0
 
 
-def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remote, named) -> int:  # noqa: ANN001
+def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remote, named, secrets,  # noqa: ANN001
+              ssh_agents, auth) -> int:  # noqa: ANN001
     from pathlib import Path
 
     from buildpy.executor.options import BuildOptions
-    from buildpy.executor.session import build, parse_output, parse_secret, parse_ssh
+    from buildpy.executor.session import build, parse_output
     from buildpy.planner.args import parse_build_args
     from buildpy.planner.request import BuildRequest
 
@@ -206,12 +213,11 @@ def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remot
     labels = dict(item.partition("=")[::2] for item in args.label)
     request = BuildRequest(context=context, dockerfile=dockerfile, build_args=build_args,
                            target=args.target or None, platform=args.platform or "", labels=labels,
-                           network=args.network, pull=args.pull, named_contexts=named)
+                           network=args.network, pull=args.pull, named_contexts=named, source_auth=auth)
     options = BuildOptions(
         jobs=args.jobs, no_cache=args.no_cache, no_cache_filter=frozenset(args.no_cache_filter),
         compression="" if args.compression == "uncompressed" else args.compression, network=args.network,
-        secrets=dict(parse_secret(s) for s in args.secret), allow=frozenset(args.allow),
-        ssh_agents=dict(parse_ssh(s) for s in args.ssh),
+        secrets=secrets, allow=frozenset(args.allow), ssh_agents=ssh_agents,
     )
     outputs = [parse_output(o) for o in args.output]
     result = build(store, request, options, tags=args.tag, outputs=outputs, progress=args.progress,

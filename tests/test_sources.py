@@ -230,3 +230,121 @@ def test_add_of_a_git_repository(store, tmp_path, repo):
     (ctx / "Dockerfile").write_text(f"FROM busybox\nADD --checksum={'0' * 40} {url} /src\n")
     r = buildpy(store, "build", str(ctx))
     assert r.returncode == 1 and b"is not the commit" in r.stderr and b"Traceback" not in r.stderr
+
+
+class _GitHttp(http.server.BaseHTTPRequestHandler):
+    """Smart-http git through Debian's `git http-backend` (CGI), behind a token."""
+
+    root: Path
+    token: str
+    seen: list
+
+    def log_message(self, *a):
+        pass
+
+    def _serve(self) -> None:
+        import base64
+        import os
+
+        want = "basic " + base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
+        self.seen.append(self.headers.get("Authorization", ""))
+        if self.headers.get("Authorization", "").lower() != want.lower():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        env = dict(os.environ, GIT_PROJECT_ROOT=str(self.root), GIT_HTTP_EXPORT_ALL="1", PATH_INFO=path,
+                   QUERY_STRING=query, REQUEST_METHOD=self.command, REMOTE_USER="x-access-token",
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(body)),
+                   GIT_PROTOCOL=self.headers.get("Git-Protocol", ""))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status = 200
+        headers = []
+        for line in head.split(b"\r\n"):
+            k, _, v = line.decode().partition(":")
+            if k.lower() == "status":
+                status = int(v.strip().split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = _serve
+    do_POST = _serve
+
+
+def test_private_git_over_http_with_a_token_secret(store, repo, tmp_path, monkeypatch):
+    token = "s3cr3t-t0ken-0123456789"
+    served = tmp_path / "served"
+    git("clone", "-q", "--bare", str(repo), str(served / "private.git"), cwd=tmp_path)
+    handler = type("H", (_GitHttp,), {"root": served, "token": token, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/private.git#main:app"
+    try:
+        r = buildpy(store, "build", "-t", "p:1", url)
+        assert r.returncode == 1 and b"Traceback" not in r.stderr  # no token: refused
+        monkeypatch.setenv("GIT_AUTH_TOKEN", token)
+        r = subprocess.run([BUILDPY, "--root", str(store.root), "build", "-t", "p:1", "--secret",
+                            "id=GIT_AUTH_TOKEN,env=GIT_AUTH_TOKEN", url], capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert image_files(store, "p:1")["seen"][2] == b"v1\n"
+    finally:
+        server.shutdown()
+    assert any(h for h in handler.seen)  # the token was sent
+    needle = token.encode()
+    for path in store.root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            assert needle not in data, path
+            if path.name.endswith((".gz",)) or data[:2] == b"\x1f\x8b":
+                assert needle not in gzip.decompress(data), path
+
+
+def test_http_sources_with_an_auth_token_secret(store, tmp_path, monkeypatch):
+    token = "http-t0ken-9876543210"
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ctx.tar").write_bytes(tar_of({"Dockerfile": f"FROM busybox\nADD http://127.0.0.1:PORT/file.txt /f\n",
+                                             "a.txt": "x"}))
+    (served / "file.txt").write_text("private file\n")
+
+    class Guarded(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(served), **kw)
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if self.headers.get("Authorization") != f"Bearer {token}":
+                self.send_error(401)
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
+    port = server.server_address[1]
+    (served / "ctx.tar").write_bytes(tar_of({"Dockerfile": f"FROM busybox\nADD http://127.0.0.1:{port}/file.txt /f\n"}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        r = buildpy(store, "build", f"http://127.0.0.1:{port}/ctx.tar")
+        assert r.returncode == 1 and b"401" in r.stderr
+        monkeypatch.setenv("TOKEN", token)
+        r = subprocess.run([BUILDPY, "--root", str(store.root), "build", "-t", "hp:1", "--secret",
+                            "id=HTTP_AUTH_TOKEN_127.0.0.1,env=TOKEN", f"http://127.0.0.1:{port}/ctx.tar"],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert image_files(store, "hp:1")["f"][2] == b"private file\n"
+    finally:
+        server.shutdown()
+    for path in store.root.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path

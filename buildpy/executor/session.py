@@ -415,13 +415,14 @@ def _export_cache(store: Store, plan, result: BuildResult, spec, remote: Remote,
 
 
 @contextlib.contextmanager
-def local_context(store: Store, context: str, dockerfile: str | None,
-                  stdin: BinaryIO | None = None) -> Iterator[tuple[Path, Path]]:
+def local_context(store: Store, context: str, dockerfile: str | None, stdin: BinaryIO | None = None,
+                  auth: object = None) -> Iterator[tuple[Path, Path]]:
     """(context dir, Dockerfile) for `build CONTEXT [-f DOCKERFILE]`: CONTEXT a directory, `-`
     (stdin), a git URL or an http(s) URL; `-f -` reads the Dockerfile from stdin. Temporary
     copies are removed when the block ends; git checkouts stay in the store (one per commit)."""
     from buildpy.planner import sources
 
+    auth = auth or sources.NO_AUTH
     stdin = stdin if stdin is not None else sys.stdin.buffer
     store.tmp_dir.mkdir(parents=True, exist_ok=True)
     if context == "-" and dockerfile == "-":
@@ -430,9 +431,9 @@ def local_context(store: Store, context: str, dockerfile: str | None,
     if context == "-":
         made = sources.from_stdin(stdin, store.tmp_dir)
     elif sources.is_git_url(context):
-        made = sources.from_git(context, store.root)
+        made = sources.from_git(context, store.root, auth=auth)
     elif sources.is_url(context):
-        made = sources.from_url(context, store.tmp_dir)
+        made = sources.from_url(context, store.tmp_dir, auth)
     else:
         made = sources.Context(Path(context))
     extra: Path | None = None
@@ -453,12 +454,13 @@ def local_context(store: Store, context: str, dockerfile: str | None,
 
 
 @contextlib.contextmanager
-def named_contexts(store: Store, specs: Sequence[str]) -> Iterator[dict[str, tuple[str, str]]]:
+def named_contexts(store: Store, specs: Sequence[str], auth: object = None) -> Iterator[dict[str, tuple[str, str]]]:
     """`--build-context NAME=VALUE`: VALUE a directory, `docker-image://REF`,
     `oci-layout://PATH[:TAG|@DIGEST]`, a git URL or an http(s) tarball URL; each as
     ("image", reference or digest) or ("dir", path). Temporary copies go when the block ends."""
     from buildpy.planner import sources
 
+    auth = auth or sources.NO_AUTH
     out: dict[str, tuple[str, str]] = {}
     temporary: list[Path] = []
     try:
@@ -472,10 +474,10 @@ def named_contexts(store: Store, specs: Sequence[str]) -> Iterator[dict[str, tup
             elif value.startswith("oci-layout://"):
                 out[name] = ("image", _from_layout(store, value[len("oci-layout://"):], spec))
             elif sources.is_git_url(value):
-                out[name] = ("dir", str(sources.from_git(value, store.root).directory))
+                out[name] = ("dir", str(sources.from_git(value, store.root, auth=auth).directory))
             elif sources.is_url(value):
                 store.tmp_dir.mkdir(parents=True, exist_ok=True)
-                made = sources.from_url(value, store.tmp_dir)
+                made = sources.from_url(value, store.tmp_dir, auth)  # type: ignore[arg-type]
                 if made.temporary is not None:
                     temporary.append(made.temporary)
                 out[name] = ("dir", str(made.directory))

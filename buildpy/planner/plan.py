@@ -727,18 +727,19 @@ class _StageState:
     def _add_git(self, ins: Add, label: str) -> Step:
         """ADD of a git repository (`URL#REF[:SUBDIR]`): checked out while planning (once per
         commit, in the store), its tree the source; `--checksum` must be the commit."""
-        from buildpy.planner.sources import SourceError, from_git, resolve_commit, split_fragment
+        from buildpy.planner.sources import NO_AUTH, SourceError, from_git, resolve_commit, split_fragment
 
+        auth = self.p.request.source_auth or NO_AUTH
         if len(ins.sources) != 1:
             raise DockerfileError("ADD of a git repository takes one source", ins.file, ins.line, ins.col)
         url = ins.sources[0]
         base, ref, _subdir = split_fragment(url)
         try:
-            commit = resolve_commit(base, ref, f"ADD {base}")
+            commit = resolve_commit(base, ref, f"ADD {base}", auth)
             if ins.checksum and ins.checksum != commit:
                 raise PlanError(f"{ins.file}:{ins.line}: ADD {url}: the checksum {ins.checksum} is not the "
                                 f"commit {commit}")
-            checkout = from_git(url, self.p.store.root, keep_git_dir=bool(ins.keep_git_dir)).directory
+            checkout = from_git(url, self.p.store.root, keep_git_dir=bool(ins.keep_git_dir), auth=auth).directory
         except SourceError as e:
             raise PlanError(f"{ins.file}:{ins.line}: {e}") from None
         selection = ContextReader(checkout).select(["."], what="ADD")
@@ -764,7 +765,8 @@ class _StageState:
         into = Path(tempfile.mkdtemp(dir=self.p.store.tmp_dir, prefix="add-url-"))
         self.p.temp_dirs.append(into)
         try:
-            downloads = [fetch(url, into, ins.checksum) for url in urls]
+            auth = self.p.request.source_auth
+            downloads = [fetch(url, into, ins.checksum, auth.http_header(url) if auth else None) for url in urls]
         except FetchError as e:
             raise PlanError(f"{ins.file}:{ins.line}: {e}") from None
         selection = ContextReader(into).select([d.name for d in downloads], what="ADD")

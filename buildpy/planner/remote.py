@@ -39,7 +39,7 @@ def is_url(source: str) -> bool:
     return source.startswith(("http://", "https://"))
 
 
-def fetch(url: str, into: Path, checksum: str = "") -> Download:
+def fetch(url: str, into: Path, checksum: str = "", headers: dict[str, str] | None = None) -> Download:
     """Download `url` into the dir `into` under its name; `checksum` ("sha256:HEX") is enforced."""
     if checksum and not checksum.startswith("sha256:"):
         raise FetchError(f"ADD --checksum={checksum}: only sha256:HEX checksums are supported")
@@ -51,6 +51,8 @@ def fetch(url: str, into: Path, checksum: str = "") -> Download:
     hasher = hashlib.sha256()
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "buildpy"})
+        for k, v in (headers or {}).items():
+            request.add_unredirected_header(k, v)  # credentials stay with the host they are for
         with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:
             announced = response.headers.get("Content-Length")
             size = 0

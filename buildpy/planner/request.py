@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class BuildRequest:
     pull: bool = False  # ask the registry for every FROM image, even one the store has (--pull)
     # --build-context NAME=…, resolved: ("image", REF) or ("dir", PATH)
     named_contexts: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    source_auth: Any = field(default=None, compare=False, repr=False)  # sources.SourceAuth for ADD of git/http
 
 
 def identity(request: BuildRequest) -> str:

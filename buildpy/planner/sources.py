@@ -20,7 +20,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +31,64 @@ HTTP_MAX = 1 << 30  # a context tarball larger than this is refused
 
 class SourceError(Exception):
     user_facing = True
+
+
+@dataclass(frozen=True)
+class SourceAuth:
+    """Credentials for private sources, from the build's secrets as BuildKit names them:
+    `GIT_AUTH_TOKEN` (https git, sent as `x-access-token`), `GIT_AUTH_HEADER` (a whole
+    Authorization value), `HTTP_AUTH_HEADER_<host>` / `HTTP_AUTH_TOKEN_<host>` (http sources),
+    and an ssh agent for git over ssh. They reach git through its environment, never its
+    arguments or a file, and no cache key or stored file holds them."""
+
+    git_token: str = field(default="", repr=False)
+    git_header: str = field(default="", repr=False)
+    http_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    ssh_sock: str = ""
+
+    @classmethod
+    def from_secrets(cls, secrets: Mapping[str, bytes], ssh_agents: Mapping[str, str] | None = None) -> SourceAuth:
+        def text(v: bytes) -> str:
+            return v.decode("utf-8", "surrogateescape").strip()
+
+        headers: dict[str, str] = {}
+        for sid, value in secrets.items():
+            if sid.startswith("HTTP_AUTH_TOKEN_"):
+                headers.setdefault(sid[len("HTTP_AUTH_TOKEN_"):], f"Bearer {text(value)}")
+            elif sid.startswith("HTTP_AUTH_HEADER_"):
+                headers[sid[len("HTTP_AUTH_HEADER_"):]] = text(value)
+        return cls(text(secrets.get("GIT_AUTH_TOKEN", b"")), text(secrets.get("GIT_AUTH_HEADER", b"")), headers,
+                   (ssh_agents or {}).get("default", ""))
+
+    def git_env(self, url: str) -> dict[str, str]:
+        import base64
+        import urllib.parse
+
+        env: dict[str, str] = {}
+        header = ""
+        if self.git_header:
+            header = f"Authorization: {self.git_header}"
+        elif self.git_token:
+            basic = base64.b64encode(f"x-access-token:{self.git_token}".encode()).decode()
+            header = f"Authorization: basic {basic}"
+        parts = urllib.parse.urlsplit(url)
+        if header and parts.scheme in ("http", "https"):
+            # scoped to that origin: a submodule elsewhere does not get the token
+            env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"http.{parts.scheme}://{parts.netloc}/.extraHeader",
+                       GIT_CONFIG_VALUE_0=header)
+        if self.ssh_sock:
+            env["SSH_AUTH_SOCK"] = self.ssh_sock
+        return env
+
+    def http_header(self, url: str) -> dict[str, str]:
+        import urllib.parse
+
+        host = urllib.parse.urlsplit(url).hostname or ""
+        value = self.http_headers.get(host)
+        return {"Authorization": value} if value else {}
+
+
+NO_AUTH = SourceAuth()
 
 
 @dataclass(frozen=True)
@@ -164,7 +223,7 @@ def _extract(raw: bytes, directory: Path, what: str) -> None:
 # --- http(s) -----------------------------------------------------------------------------------
 
 
-def from_url(url: str, tmp_root: Path) -> Context:
+def from_url(url: str, tmp_root: Path, auth: SourceAuth = NO_AUTH) -> Context:
     """A tarball (or a Dockerfile) at an http(s) URL."""
     import urllib.error
     import urllib.request
@@ -172,7 +231,10 @@ def from_url(url: str, tmp_root: Path) -> Context:
     tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="context-"))
     try:
         try:
-            with urllib.request.urlopen(url, timeout=60) as r:  # noqa: S310 - the user's own URL
+            request = urllib.request.Request(url, headers={"User-Agent": "buildpy"})
+            for k, v in auth.http_header(url).items():
+                request.add_unredirected_header(k, v)  # never sent on to where a redirect points
+            with urllib.request.urlopen(request, timeout=60) as r:  # noqa: S310 - the user's own URL
                 announced = r.headers.get("Content-Length")
                 if announced and announced.isdigit() and int(announced) > HTTP_MAX:
                     raise SourceError(f"{url}: {announced} bytes is more than a context may have")
@@ -206,11 +268,12 @@ def _git(args: list[str], what: str, cwd: Path | None = None, env: dict[str, str
     return proc.stdout
 
 
-def resolve_commit(url: str, ref: str, what: str) -> str:
+def resolve_commit(url: str, ref: str, what: str, auth: SourceAuth = NO_AUTH) -> str:
     """The commit `ref` (a branch, tag or commit; "" for HEAD) names in the remote."""
     if re.fullmatch(r"[0-9a-f]{40}", ref):
         return ref
-    out = _git(["ls-remote", "--", url, *( [ref, f"refs/tags/{ref}^{{}}"] if ref else ["HEAD"])], what)
+    out = _git(["ls-remote", "--", url, *([ref, f"refs/tags/{ref}^{{}}"] if ref else ["HEAD"])], what,
+               env=auth.git_env(url))
     peeled = {}
     for line in out.splitlines():
         sha, _, name = line.partition("\t")
@@ -221,13 +284,14 @@ def resolve_commit(url: str, ref: str, what: str) -> str:
     raise SourceError(f"{what}: no ref {ref or 'HEAD'!r} in the repository")
 
 
-def from_git(url: str, store_root: Path, keep_git_dir: bool | None = None) -> Context:
+def from_git(url: str, store_root: Path, keep_git_dir: bool | None = None, auth: SourceAuth = NO_AUTH) -> Context:
     """A git URL with `#REF:SUBDIR`, checked out once per commit under the store."""
     base, ref, subdir = split_fragment(url)
     what = f"git context {base}"
     if keep_git_dir is None:
         keep_git_dir = os.environ.get("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "") in ("1", "true")
-    commit = resolve_commit(base, ref, what)
+    env = auth.git_env(base)
+    commit = resolve_commit(base, ref, what, auth)
     home = store_root / "sources" / "git" / hashlib.sha256(base.encode()).hexdigest()[:24]
     checkout = home / (commit + (".git-kept" if keep_git_dir else ""))
     if not checkout.is_dir():
@@ -237,12 +301,12 @@ def from_git(url: str, store_root: Path, keep_git_dir: bool | None = None) -> Co
             _git(["init", "-q", str(tmp)], what)
             fetched = ref or "HEAD"
             try:
-                _git(["fetch", "-q", "--depth", "1", "--no-tags", "--", base, commit], what, cwd=tmp)
+                _git(["fetch", "-q", "--depth", "1", "--no-tags", "--", base, commit], what, cwd=tmp, env=env)
             except SourceError:  # a server that does not serve unadvertised commits: fetch the ref
-                _git(["fetch", "-q", "--depth", "1", "--no-tags", "--", base, fetched], what, cwd=tmp)
+                _git(["fetch", "-q", "--depth", "1", "--no-tags", "--", base, fetched], what, cwd=tmp, env=env)
             _git(["checkout", "-q", commit], what, cwd=tmp)
             if (tmp / ".gitmodules").exists():
-                _git(["submodule", "update", "--init", "--recursive", "--depth", "1"], what, cwd=tmp)
+                _git(["submodule", "update", "--init", "--recursive", "--depth", "1"], what, cwd=tmp, env=env)
             if not keep_git_dir:
                 shutil.rmtree(tmp / ".git")
             try:
