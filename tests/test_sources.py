@@ -348,3 +348,19 @@ def test_http_sources_with_an_auth_token_secret(store, tmp_path, monkeypatch):
     for path in store.root.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+
+
+def test_run_mount_from_a_directory_build_context(store, tmp_path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "hello.sh").write_text("echo hello from the tools context\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN --mount=from=tools,target=/t sh /t/hello.sh > /out\n")
+    r = buildpy(store, "build", "--progress", "plain", "-t", "m:1", "--build-context", f"tools={tools}", str(ctx))
+    assert r.returncode == 0, r.stderr
+    assert image_files(store, "m:1")["out"][2] == b"hello from the tools context\n"
+    (tools / "hello.sh").write_text("echo changed\n")  # in the step's key: it reruns
+    r = buildpy(store, "build", "--progress", "plain", "-t", "m:2", "--build-context", f"tools={tools}", str(ctx))
+    assert r.returncode == 0 and "(1 ran" in ran(r), r.stderr
+    assert image_files(store, "m:2")["out"][2] == b"changed\n"

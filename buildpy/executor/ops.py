@@ -51,6 +51,8 @@ def _run(ex: _Execution, step: Step, state: StageState) -> Layer | None:
             from_dir = ex.stage_root(m.from_stage)
         elif m.from_image is not None:
             from_dir = ex.image_root(m.from_image)
+        elif m.from_dir is not None:
+            from_dir = m.from_dir
         elif m.type == "bind":
             from_dir = ex.plan.context_reader.root
             if ex.plan.context_reader.ignore is not None and m.selection is not None:

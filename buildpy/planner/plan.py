@@ -90,6 +90,7 @@ class RunMountPlan:
     from_stage: int | None = None
     from_image: Image | None = None
     selection: Selection | None = None  # a bind mount of the context: the files it reads
+    from_dir: Path | None = None  # from= a directory build context
 
 
 @dataclass(frozen=True)
@@ -618,13 +619,12 @@ class _StageState:
         target = posixpath.normpath(target) if target else target
         from_stage, from_image, from_dir = self._from(ins, m.from_) if m.from_ else (None, None, None)
         selection = None
-        if from_dir is not None:
-            raise DockerfileError(f"RUN --mount from={m.from_}: mounting a directory build context is not "
-                                  "supported yet; COPY --from it instead", ins.file, ins.line, ins.col)
+        if from_dir is not None:  # its files are what the step reads: they are in its key
+            selection = self._select_in(from_dir, ins, [m.source or "."], (), "RUN --mount")
         if m.type == "bind" and not m.from_:
             source = m.source or "."
             selection = self._select(ins, [source], (), what="RUN --mount")
-        return RunMountPlan(m.type, target, m.source, m, from_stage, from_image, selection)
+        return RunMountPlan(m.type, target, m.source, m, from_stage, from_image, selection, from_dir)
 
     def _from(self, ins: Instruction, ref: str) -> tuple[int | None, Image | None, Path | None]:
         """What `--from=ref` names: a stage (by name or index), a `--build-context` (an image or
@@ -801,7 +801,7 @@ def _mount_inputs(m: RunMountPlan) -> dict[str, Any]:
         out["from_stage"] = m.from_stage
     if m.from_image is not None:
         out["from_image"] = m.from_image.digest
-    if m.type == "bind" and m.selection is not None:
+    if m.selection is not None:  # a bind of the context, or from= a directory build context
         out["files"] = selection_digest(m.selection)
     return out
 

@@ -1,0 +1,99 @@
+"""Git and http contexts built by us and by Debian's buildah 1.28 (`buildah bud URL`): the two
+images' trees and configs must agree path by path, as for the testdata cases."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from buildpy.cas.store import Store
+from tests import buildcases, buildkit_cases
+from tests.test_build_buildah import oracle  # noqa: F401 - the fixture
+from tests.test_sources import DOCKERFILE, git, tar_of
+
+FILES = {"Dockerfile": DOCKERFILE + "WORKDIR /w\nENV X=1\nCMD [\"sh\"]\n", "a.txt": "hello\n",
+         "sub/b.txt": "b\n"}
+
+
+def _compare(url: str, oracle, tmp_path: Path) -> None:  # noqa: F811
+    base_store, buildah = oracle
+    tag = f"localhost/src-{abs(hash(url))}:1"
+    run = buildah.build(url, [], tag, tmp_path)  # type: ignore[arg-type]
+    assert run.returncode == 0, f"buildah failed\n{run.stderr}"
+    theirs_docker = buildah.export(tag, tmp_path / "buildah-oci")
+    buildcases.unpack_oci_layout(tmp_path / "buildah-oci", tmp_path / "theirs")
+    root = tmp_path / "store"
+    shutil.copytree(base_store, root, symlinks=True)
+    proc = subprocess.run([*buildkit_cases.buildpy_command(), "--root", str(root), "build", "-t", "ours:1", url],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ours_config = buildcases.unpack_store_image(Store(root), "ours:1", tmp_path / "ours")
+    ours, theirs = buildcases.tree(tmp_path / "ours"), buildcases.tree(tmp_path / "theirs")
+    for t in (ours, theirs):
+        for n in t.values():
+            n.pop("mtime")
+    paths = sorted(p for p in set(ours) | set(theirs) if not buildkit_cases.differs_on_purpose(p))
+    diffs = [f"{p}: ours {ours.get(p)} buildah {theirs.get(p)}" for p in paths if ours.get(p) != theirs.get(p)]
+    assert not diffs, "\n".join(diffs[:20])
+    assert "/ctx/a.txt" in ours or "ctx/a.txt" in ours
+    want = buildkit_cases.comparable_config(theirs_docker.get("config") or {}, theirs_docker.get("author"))
+    got = buildkit_cases.comparable_config(ours_config.get("config") or {}, ours_config.get("author"))
+    assert got == want
+
+
+def test_git_context_as_buildah_builds_it(oracle, tmp_path):  # noqa: F811
+    repo = tmp_path / "repo"
+    (repo / "app").mkdir(parents=True)
+    git("init", "-q", "-b", "main", ".", cwd=repo)
+    for name, data in FILES.items():
+        (repo / "app" / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "app" / name).write_text(data)
+    git("add", ".", cwd=repo)
+    git("commit", "-qm", "one", cwd=repo)
+    served = tmp_path / "served"
+    git("clone", "-q", "--bare", str(repo), str(served / "project.git"), cwd=tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}",
+                               "--listen=127.0.0.1", f"--port={port}", str(served)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        _compare(f"git://127.0.0.1:{port}/project.git#main:app", oracle, tmp_path)
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def test_http_tarball_context_as_buildah_builds_it(oracle, tmp_path):  # noqa: F811
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "ctx.tar.gz").write_bytes(gzip.compress(tar_of(FILES)))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(served), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _compare(f"http://127.0.0.1:{server.server_address[1]}/ctx.tar.gz", oracle, tmp_path)
+    finally:
+        server.shutdown()
