@@ -313,8 +313,6 @@ def test_http_sources_with_an_auth_token_secret(store, tmp_path, monkeypatch):
     token = "http-t0ken-9876543210"
     served = tmp_path / "served"
     served.mkdir()
-    (served / "ctx.tar").write_bytes(tar_of({"Dockerfile": f"FROM busybox\nADD http://127.0.0.1:PORT/file.txt /f\n",
-                                             "a.txt": "x"}))
     (served / "file.txt").write_text("private file\n")
 
     class Guarded(http.server.SimpleHTTPRequestHandler):

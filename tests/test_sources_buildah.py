@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from buildpy.cas.store import Store
 from tests import buildcases, buildkit_cases
