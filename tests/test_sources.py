@@ -362,3 +362,22 @@ def test_run_mount_from_a_directory_build_context(store, tmp_path):
     r = buildpy(store, "build", "--progress", "plain", "-t", "m:2", "--build-context", f"tools={tools}", str(ctx))
     assert r.returncode == 0 and "(1 ran" in ran(r), r.stderr
     assert image_files(store, "m:2")["out"][2] == b"changed\n"
+
+
+def test_from_a_directory_build_context(store, tmp_path):
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    busybox = Path("/bin/busybox")
+    shutil.copy2(busybox, rootfs / "bin" / "busybox")
+    (rootfs / "bin" / "sh").symlink_to("busybox")
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc" / "motd").write_text("from a directory\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM rootfs\nRUN cat /etc/motd > /seen\n")
+    r = buildpy(store, "build", "--progress", "plain", "-t", "fd:1", "--build-context", f"rootfs={rootfs}", str(ctx))
+    assert r.returncode == 0, r.stderr
+    files = image_files(store, "fd:1")
+    assert files["seen"][2] == b"from a directory\n" and "bin/busybox" in files
+    r = buildpy(store, "build", "--progress", "plain", "-t", "fd:2", "--build-context", f"rootfs={rootfs}", str(ctx))
+    assert r.returncode == 0 and "(0 ran" in ran(r), r.stderr

@@ -176,6 +176,8 @@ class _Execution:
             state = StageState([], [], [], rfc3339(self.plan.source_date_epoch or 0))
         no_cache = self.options.no_cache or stage.name in self.options.no_cache_filter or str(
             stage.index) in self.options.no_cache_filter
+        if base.kind == "context":
+            self._context_base(stage, state, no_cache)
         for step in stage.steps:
             if self.failed.is_set():
                 raise _Cancelled()
@@ -204,6 +206,33 @@ class _Execution:
             state.created = record.created or state.created
             state.history.append(self._history(step, state.created, empty=record.layer is None))
         return state
+
+    def _context_base(self, stage: StagePlan, state: StageState, no_cache: bool) -> None:
+        """FROM a directory build context: its files, as a COPY to / would write them, are the
+        stage's first layer (cached under the base's key like any step's)."""
+        base = stage.base
+        record = None if no_cache else self._lookup(base.key)
+        if record is None:
+            from buildpy.cas.layers import add_layer
+            from buildpy.executor.copy import CopySpec, copy_layer
+
+            with self.jobs:
+                assert base.selection is not None and base.source is not None
+                spec = CopySpec(dest="/", source_date_epoch=self.plan.source_date_epoch)
+                entries = copy_layer(base.selection, base.source, spec, ())
+                try:
+                    layer = add_layer(self.store, entries.tar(), self.options.compression)
+                finally:
+                    entries.close()
+            epoch = self.plan.source_date_epoch
+            record = CacheRecord(layer.descriptor, layer.diff_id, rfc3339(epoch if epoch is not None else time.time()))
+            buildcache.record(self.store, base.key, record)
+        assert record.layer is not None
+        state.layers.append(record.layer)
+        state.diff_ids.append(record.diff_id)
+        state.created = record.created or state.created
+        state.history.append({"created": state.created, "created_by": f"FROM {base.name} (build context)",
+                              "comment": COMMENT})
 
     def _lookup(self, key: str) -> CacheRecord | None:
         record = buildcache.lookup(self.store, key)

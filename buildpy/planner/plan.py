@@ -70,13 +70,16 @@ class PlanError(Exception):
 
 @dataclass(frozen=True)
 class Base:
-    """Where a stage starts: scratch, an image in the store, or another stage."""
+    """Where a stage starts: scratch, an image in the store, another stage, or a directory build
+    context (its files the stage's first layer, as BuildKit makes a local context a rootfs)."""
 
-    kind: str  # "scratch" | "image" | "stage"
+    kind: str  # "scratch" | "image" | "stage" | "context"
     name: str
     key: str
     image: Image | None = None
     stage: int | None = None
+    source: Path | None = None  # kind "context": the directory
+    selection: Selection | None = field(default=None, compare=False)  # kind "context": its files
 
 
 @dataclass(frozen=True)
@@ -254,9 +257,19 @@ class _Planner:
         word = stage.expanded_base if stage.expanded_base is not None else stage.base
         named = self.request.named_contexts.get(word)
         if named is not None:
-            if named[0] != "image":
-                raise DockerfileError(f"FROM {word}: the build context {word!r} is a directory; "
-                                      "use it with COPY --from", stage.start.file, stage.start.line, stage.start.col)
+            if named[0] == "dir":
+                from buildpy.planner.context import ContextError, ContextReader, selection_digest
+                from buildpy.planner.dockerignore import Matcher, read_patterns
+
+                root = Path(named[1])
+                try:
+                    reader = ContextReader(root, ignore=Matcher(read_patterns(root, root / "Dockerfile")))
+                    selection = reader.select(["."], what="FROM")
+                except ContextError as e:
+                    raise DockerfileError(str(e), stage.start.file, stage.start.line, stage.start.col) from None
+                key = key_of({"op": "context-dir", "files": selection_digest(selection), "epoch": self.epoch,
+                              "platform": self._stage_platform(stage)})
+                return Base("context", word, key, source=root, selection=selection)
             word = named[1]
         if word.lower() == "scratch" and word == "scratch":
             return Base("scratch", "scratch", key_of({"op": "scratch", "platform": self._stage_platform(stage)}))
