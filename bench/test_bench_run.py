@@ -33,13 +33,17 @@ def images(tmp_path_factory):
                    check=True)
     podman: list[str] | None = None
     if shutil.which("podman"):
-        podman = ["podman", "--root", str(base / "podman-root"), "--runroot", str(base / "podman-run"),
+        import tempfile
+
+        run_root = tempfile.mkdtemp(prefix="bp-podman-", dir="/tmp")  # podman wants a runroot under 50 chars
+        podman = ["podman", "--root", str(base / "podman-root"), "--runroot", run_root,
                   "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
         load = subprocess.run([*podman, "load", "-i", str(archive)], capture_output=True, text=True)
         probe = subprocess.run([*podman, "run", "--rm", "--network", "none", "docker.io/library/busybox:latest",
                                 "true"], capture_output=True, text=True)
         if load.returncode != 0 or probe.returncode != 0:
-            podman = (load.stderr or probe.stderr).strip().splitlines()[-1:] or ["podman failed"]
+            failed = load if load.returncode != 0 else probe
+            podman = failed.stderr.strip().splitlines()[-1:] or ["podman failed"]
     return store, podman
 
 
