@@ -39,11 +39,16 @@ def images(tmp_path_factory):
         podman = ["podman", "--root", str(base / "podman-root"), "--runroot", run_root,
                   "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
         load = subprocess.run([*podman, "load", "-i", str(archive)], capture_output=True, text=True)
-        probe = subprocess.run([*podman, "run", "--rm", "--network", "none", "docker.io/library/busybox:latest",
-                                "true"], capture_output=True, text=True)
+        loaded = [line.split(": ", 1)[1] for line in (load.stdout + load.stderr).splitlines()
+                  if line.startswith("Loaded image")]
+        image = loaded[0].split(",")[0].strip() if loaded else "localhost/busybox:latest"
+        probe = subprocess.run([*podman, "run", "--rm", "--network", "none", image, "true"],
+                               capture_output=True, text=True)
         if load.returncode != 0 or probe.returncode != 0:
             failed = load if load.returncode != 0 else probe
             podman = failed.stderr.strip().splitlines()[-1:] or ["podman failed"]
+        else:
+            podman = [*podman, image]
     return store, podman
 
 
@@ -80,5 +85,6 @@ def test_podman_run_true(benchmark, images):
         pytest.skip("podman is not installed (Debian package podman)")
     if podman and not podman[0] == "podman":
         pytest.skip(f"podman cannot run a container here: {podman[0]}")
-    _time(benchmark, [*podman, "run", "--rm", "--network", "none", "docker.io/library/busybox:latest", "true"])
+    *command, image = podman
+    _time(benchmark, [*command, "run", "--rm", "--network", "none", image, "true"])
     _report(benchmark, "podman")
