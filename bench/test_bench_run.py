@@ -38,6 +38,7 @@ def images(tmp_path_factory):
         run_root = tempfile.mkdtemp(prefix="bp-podman-", dir="/tmp")  # podman wants a runroot under 50 chars
         podman = ["podman", "--root", str(base / "podman-root"), "--runroot", run_root,
                   "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]
+        base_cmd = list(podman)
         load = subprocess.run([*podman, "load", "-i", str(archive)], capture_output=True, text=True)
         loaded = [line.split(": ", 1)[1] for line in (load.stdout + load.stderr).splitlines()
                   if line.startswith("Loaded image")]
@@ -49,7 +50,14 @@ def images(tmp_path_factory):
             podman = failed.stderr.strip().splitlines()[-1:] or ["podman failed"]
         else:
             podman = [*podman, image]
-    return store, podman
+    yield store, podman
+    if shutil.which("podman"):  # podman leaves its storage mounted: unmount it, or tmp cleanup fails
+        subprocess.run([*base_cmd, "system", "reset", "-f"], capture_output=True)
+        with open("/proc/self/mounts") as f:
+            for line in reversed(f.read().splitlines()):
+                target = line.split()[1]
+                if target.startswith((str(base), run_root)):
+                    subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 def _time(benchmark, args: list[str]) -> None:

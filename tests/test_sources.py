@@ -381,3 +381,63 @@ def test_from_a_directory_build_context(store, tmp_path):
     assert files["seen"][2] == b"from a directory\n" and "bin/busybox" in files
     r = buildpy(store, "build", "--progress", "plain", "-t", "fd:2", "--build-context", f"rootfs={rootfs}", str(ctx))
     assert r.returncode == 0 and "(0 ran" in ran(r), r.stderr
+
+
+def test_more_remote_forms_and_their_mistakes(store, tmp_path, repo, monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "lib.tar").write_bytes(tar_of({"lib.txt": "from an http build context\n"}))
+    (served / "file.txt").write_text("checked\n")
+    digest = "sha256:" + __import__("hashlib").sha256(b"checked\n").hexdigest()
+
+    class Server(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(served), **kw)
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/loop"):
+                self.send_response(302)
+                self.send_header("Location", "/loop")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    try:
+        # an http named context, ADD of a URL with its checksum
+        (ctx / "Dockerfile").write_text(f"FROM busybox\nCOPY --from=lib lib.txt /lib.txt\n"
+                                        f"ADD --checksum={digest} {base}/file.txt /file.txt\n")
+        r = buildpy(store, "build", "-t", "r:1", "--build-context", f"lib={base}/lib.tar", str(ctx))
+        assert r.returncode == 0, r.stderr
+        files = image_files(store, "r:1")
+        assert files["lib.txt"][2] == b"from an http build context\n" and files["file.txt"][2] == b"checked\n"
+        assert files["file.txt"][1] & 0o777 == 0o600  # as BuildKit writes a downloaded file
+        # a redirect loop is one line, not a hang
+        r = buildpy(store, "build", f"{base}/loop")
+        assert r.returncode == 1 and b"redirect" in r.stderr.lower() and b"Traceback" not in r.stderr
+        # an unreachable host
+        r = buildpy(store, "build", "http://127.0.0.1:1/ctx.tar")
+        assert r.returncode == 1 and b"refused" in r.stderr.lower()
+    finally:
+        server.shutdown()
+    # the .git dir of a git context, when asked for
+    monkeypatch.setenv("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "1")
+    r = subprocess.run([BUILDPY, "--root", str(store.root), "build", "-t", "k:1", f"file://{repo}#main:app"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ctx/.git/HEAD" not in image_files(store, "k:1")  # the subdir has none of it
+    (repo / "Dockerfile").write_text("FROM busybox\nCOPY . /ctx/\n")
+    git("add", ".", cwd=repo)
+    git("commit", "-qm", "root dockerfile", cwd=repo)
+    r = subprocess.run([BUILDPY, "--root", str(store.root), "build", "-t", "k:2", f"file://{repo}#main"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ctx/.git/HEAD" in image_files(store, "k:2")
