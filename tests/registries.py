@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -236,20 +236,28 @@ def start_registry(tmp: Path, *, auth: bool = False, tls: bool = False) -> Regis
     if tls:
         ca_cert, crt, key = make_tls_files(tmp / "tls")
         tls_pair = (crt, key)
-    scheme = "https" if tls else "http"
+    return serve(tmp, storage, lambda port: _config(port, storage, htpasswd, tls_pair), 401 if auth else 200,
+                 scheme="https" if tls else "http", username=USERNAME if auth else None,
+                 password=PASSWORD if auth else None, ca_cert=ca_cert)
+
+
+def serve(tmp: Path, storage: Path, config_for: Callable[[int], str], ready_status: int, *, scheme: str = "http",
+          username: str | None = None, password: str | None = None, ca_cert: Path | None = None) -> Registry:
+    """Run `docker-registry serve` with `config_for(port)` on a free port until GET /v2/ answers
+    `ready_status` (for start_registry and the token-auth registry of tests.tokenauth)."""
     why = ""
     for attempt in range(3):  # the free port may be taken between our probe and the registry's bind
         port = free_port()
         config = tmp / "registry.yml"
-        config.write_text(_config(port, storage, htpasswd, tls_pair))
+        config.write_text(config_for(port))
         log = tmp / f"registry-{attempt}.log"
         log_file = log.open("wb")
         proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(config)], stdin=subprocess.DEVNULL,
                                 stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
         reg = Registry(host=f"127.0.0.1:{port}", url=f"{scheme}://127.0.0.1:{port}", storage=storage,
-                       username=USERNAME if auth else None, password=PASSWORD if auth else None,
-                       ca_cert=ca_cert, proc=proc, log=log, _log_file=log_file)
-        why = _wait_ready(reg, 401 if auth else 200) or ""
+                       username=username, password=password, ca_cert=ca_cert, proc=proc, log=log,
+                       _log_file=log_file)
+        why = _wait_ready(reg, ready_status) or ""
         if not why:
             return reg
         reg.stop()

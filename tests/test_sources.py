@@ -4,6 +4,7 @@ tarball URL; each built by the real `buildpy` and checked file by file."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import io
@@ -13,6 +14,7 @@ import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,46 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
+@contextlib.contextmanager
+def serve_dir(directory: Path, handler: type | None = None) -> Iterator[str]:
+    """An http server for `directory` on 127.0.0.1; yields its base URL."""
+    class Quiet(handler or http.server.SimpleHTTPRequestHandler):  # type: ignore[misc]
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(directory), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
+def git_daemon(served: Path) -> Iterator[int]:
+    """`git daemon` exporting the repositories under `served` on 127.0.0.1; yields its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}",
+                               "--listen=127.0.0.1", f"--port={port}", str(served)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
+
+
 @pytest.fixture
 def repo(tmp_path) -> Path:
     r = tmp_path / "repo.git"
@@ -135,51 +177,21 @@ def test_git_context_with_ref_and_subdir_and_its_cache(store, repo):
 
 def test_git_daemon_url(store, repo, tmp_path):
     git("clone", "-q", "--bare", str(repo), str(tmp_path / "served" / "project.git"), cwd=tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={tmp_path / 'served'}",
-                               "--listen=127.0.0.1", f"--port={port}", str(tmp_path / "served")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with git_daemon(tmp_path / "served") as port:
         r = buildpy(store, "build", "-t", "d:1", f"git://127.0.0.1:{port}/project.git#main:app")
         assert r.returncode == 0, r.stderr
         assert image_files(store, "d:1")["seen"][2] == b"v1\n"
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
-
 
 def test_http_tarball_context(store, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
     (served / "ctx.tar.gz").write_bytes(gzip.compress(tar_of({"Dockerfile": DOCKERFILE, "a.txt": "over http\n"})))
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(served), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with serve_dir(served) as base:
         r = buildpy(store, "build", "-t", "h:1", f"{base}/ctx.tar.gz")
         assert r.returncode == 0, r.stderr
         assert image_files(store, "h:1")["seen"][2] == b"over http\n"
         r = buildpy(store, "build", f"{base}/missing.tar")
         assert r.returncode == 1 and b"404" in r.stderr and b"Traceback" not in r.stderr
-    finally:
-        server.shutdown()
-
 
 def test_named_build_contexts(store, tmp_path, repo):
     other = tmp_path / "other"

@@ -4,19 +4,15 @@ images' trees and configs must agree path by path, as for the testdata cases."""
 from __future__ import annotations
 
 import gzip
-import http.server
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 
 from buildpy.cas.store import Store
 from tests import buildcases, buildkit_cases
 from tests.test_build_buildah import oracle  # noqa: F401 - the fixture
-from tests.test_sources import DOCKERFILE, git, tar_of
+from tests.test_sources import DOCKERFILE, git, git_daemon, serve_dir, tar_of
 
 FILES = {"Dockerfile": DOCKERFILE + "WORKDIR /w\nENV X=1\nCMD [\"sh\"]\n", "a.txt": "hello\n",
          "sub/b.txt": "b\n"}
@@ -59,40 +55,12 @@ def test_git_context_as_buildah_builds_it(oracle, tmp_path):  # noqa: F811
     git("commit", "-qm", "one", cwd=repo)
     served = tmp_path / "served"
     git("clone", "-q", "--bare", str(repo), str(served / "project.git"), cwd=tmp_path)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={served}",
-                               "--listen=127.0.0.1", f"--port={port}", str(served)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(50):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with git_daemon(served) as port:
         _compare(f"git://127.0.0.1:{port}/project.git#main:app", oracle, tmp_path)
-    finally:
-        daemon.terminate()
-        daemon.wait(10)
-
 
 def test_http_tarball_context_as_buildah_builds_it(oracle, tmp_path):  # noqa: F811
     served = tmp_path / "served"
     served.mkdir()
     (served / "ctx.tar.gz").write_bytes(gzip.compress(tar_of(FILES)))
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(served), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        _compare(f"http://127.0.0.1:{server.server_address[1]}/ctx.tar.gz", oracle, tmp_path)
-    finally:
-        server.shutdown()
+    with serve_dir(served) as base:
+        _compare(f"{base}/ctx.tar.gz", oracle, tmp_path)

@@ -39,8 +39,7 @@ from tests.registries import (
     Registry,
     _config,
     _q,
-    _wait_ready,
-    free_port,
+    serve,
 )
 
 SERVICE = "test-registry"
@@ -281,26 +280,7 @@ def start_token_registry(tmp: Path, realm: str, rootcertbundle: Path) -> Registr
     tmp.mkdir(parents=True, exist_ok=True)
     storage = tmp / "storage"
     storage.mkdir(exist_ok=True)
-    why = ""
-    for attempt in range(3):  # the free port may be taken between our probe and the registry's bind
-        port = free_port()
-        config = tmp / "registry.yml"
-        config.write_text(token_config(port, storage, realm, rootcertbundle))
-        log = tmp / f"registry-{attempt}.log"
-        log_file = log.open("wb")
-        proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(config)], stdin=subprocess.DEVNULL,
-                                stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp)
-        reg = Registry(host=f"127.0.0.1:{port}", url=f"http://127.0.0.1:{port}", storage=storage,
-                       username=None, password=None, ca_cert=None, proc=proc, log=log, _log_file=log_file)
-        why = _wait_ready(reg, 401) or ""
-        if not why:
-            return reg
-        reg.stop()
-        tail = reg.log_tail()
-        if "address already in use" not in tail:
-            raise RuntimeError(f"docker-registry did not come up: {why}\n--- {log} ---\n{tail}")
-        why = f"{why}\n--- {log} ---\n{tail}"
-    raise RuntimeError(f"docker-registry did not come up: {why}")
+    return serve(tmp, storage, lambda port: token_config(port, storage, realm, rootcertbundle), 401)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from buildpy.grammar.instructions import (
 )
 from buildpy.grammar.parser import parse
 from buildpy.grammar.shell import expand_word_tracked
-from buildpy.grammar.stages import is_image_reference, stages_from
+from buildpy.grammar.stages import group_stages, is_image_reference, stages_from
 from buildpy.grammar.suggest import closest
 
 __all__ = ["lint", "DEFAULT_PATH"]
@@ -205,17 +205,7 @@ class _Run:
             for instruction in instructions:
                 self.node_checks(instruction.node)
                 self.definition_description(instruction)
-        meta_args: list[Arg] = []
-        groups: list[tuple[From, list[Instruction]]] = []
-        for instruction in instructions:
-            if isinstance(instruction, From):
-                groups.append((instruction, []))
-            elif groups:
-                groups[-1][1].append(instruction)
-            elif isinstance(instruction, Arg):
-                meta_args.append(instruction)
-            else:
-                break  # stages_from said so already
+        meta_args, groups, _stray = group_stages(instructions)  # a stray one: stages_from said so already
         if dag_error is not None:
             self.fail(dag_error)
         return meta_args, groups

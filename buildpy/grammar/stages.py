@@ -14,7 +14,7 @@ variables there, with a workaround in its message).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from buildpy.grammar.ast import Directive, ParseResult, Warning
@@ -127,25 +127,35 @@ class Dockerfile:
         )
 
 
-def stages_from(result: ParseResult) -> Dockerfile:
-    """Typed instructions grouped into stages, with the DAG checked (no cycles, no bad refs)."""
+def group_stages(instructions: Iterable[Instruction]
+                 ) -> tuple[list[Arg], list[tuple[From, list[Instruction]]], Instruction | None]:
+    """(the ARGs before the first FROM, each FROM with what follows it, the first instruction
+    other than ARG before any FROM — where grouping stopped — or None)."""
     meta_args: list[Arg] = []
     groups: list[tuple[From, list[Instruction]]] = []
+    for instruction in instructions:
+        if isinstance(instruction, From):
+            groups.append((instruction, []))
+        elif groups:
+            groups[-1][1].append(instruction)
+        elif isinstance(instruction, Arg):
+            meta_args.append(instruction)
+        else:
+            return meta_args, groups, instruction
+    return meta_args, groups, None
+
+
+def stages_from(result: ParseResult) -> Dockerfile:
+    """Typed instructions grouped into stages, with the DAG checked (no cycles, no bad refs)."""
     try:
-        for node in result.nodes:
-            instruction = instruction_from_node(node, result.file)
-            if isinstance(instruction, From):
-                groups.append((instruction, []))
-            elif groups:
-                groups[-1][1].append(instruction)
-            elif isinstance(instruction, Arg):
-                meta_args.append(instruction)
-            else:
-                raise DockerfileError(
-                    f"{node.keyword.upper()} before the first FROM: only ARG may come before FROM",
-                    line=node.start_line,
-                    col=node.col,
-                )
+        meta_args, groups, stray = group_stages(instruction_from_node(node, result.file) for node in result.nodes)
+        if stray is not None:
+            node = stray.node
+            raise DockerfileError(
+                f"{node.keyword.upper()} before the first FROM: only ARG may come before FROM",
+                line=node.start_line,
+                col=node.col,
+            )
         if not groups:
             raise DockerfileError("no build stage in the Dockerfile: it needs a FROM", line=1, col=1)
         bases = [start.image if _is_literal(start.image) else None for start, _ in groups]
