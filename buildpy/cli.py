@@ -552,7 +552,22 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from buildpy.api.server import serve
+
+    host = args.host or ("unix:///run/buildpy.sock" if os.geteuid() == 0 else
+                         f"unix://{os.environ.get('XDG_RUNTIME_DIR') or '/tmp'}/buildpy.sock")
+    return serve(_store(args), host)
+
+
 def _container_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("serve", help="serve the Docker Engine API on a Unix socket",
+                            description="Serve the Docker Engine API (the part that builds, moves and runs "
+                                        "images) on a Unix socket, for the docker CLI, docker-py and compose.")
+    p.set_defaults(handler=_cmd_serve)
+    p.add_argument("--host", metavar="unix:///PATH",
+                   help="the socket (default /run/buildpy.sock as root, else $XDG_RUNTIME_DIR/buildpy.sock)")
+
     p = commands.add_parser("tree", help="the images as the tree of their shared layers",
                             description="Draw the images as the tree of their shared layers; with --affected, "
                                         "list what contains a layer or is built on an image.")

@@ -1,0 +1,146 @@
+"""GET /_ping, /version, /info: what the docker CLI asks before anything else."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import socket
+from typing import Any
+
+from buildpy.cas.store import Store
+
+API_VERSION = "1.41"
+MIN_API_VERSION = "1.24"
+OLDEST, NEWEST = (1, 24), (1, 45)  # the /v1.NN/ prefixes accepted
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
+         "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def version_string() -> str:
+    from buildpy import __version__
+
+    return f"buildpy-{__version__}"
+
+
+def arch() -> str:
+    machine = platform.machine()
+    return _ARCH.get(machine, machine)
+
+
+def ping_headers() -> dict[str, str]:
+    return {
+        "API-Version": API_VERSION,
+        "Docker-Experimental": "false",
+        "Ostype": "linux",
+        "Builder-Version": "1",  # the classic builder: POST /build
+        "Cache-Control": "no-cache, no-store, must-revalidate",
+        "Pragma": "no-cache",
+    }
+
+
+def version() -> dict[str, Any]:
+    details = {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "GitCommit": "", "GoVersion": "n/a",
+               "Os": "linux", "Arch": arch(), "KernelVersion": platform.release(), "BuildTime": "",
+               "Experimental": "false"}
+    return {
+        "Platform": {"Name": "buildpy"},
+        "Components": [{"Name": "Engine", "Version": version_string(), "Details": details}],
+        "Version": version_string(),
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "n/a",
+        "Os": "linux",
+        "Arch": arch(),
+        "KernelVersion": platform.release(),
+        "BuildTime": "",
+    }
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                if key == "PRETTY_NAME":
+                    return value.strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def info(store: Store) -> dict[str, Any]:
+    from buildpy.cas.reference import tagged_images
+
+    images = {t.image.id for t in tagged_images(store)}
+    ident = hashlib.sha256(str(store.root).encode("utf-8", "surrogateescape")).hexdigest()[:32].upper()
+    return {
+        "ID": ":".join(ident[i:i + 4] for i in range(0, 32, 4)),
+        "Containers": 0,
+        "ContainersRunning": 0,
+        "ContainersPaused": 0,
+        "ContainersStopped": 0,
+        "Images": len(images),
+        "Driver": "buildpy",
+        "DriverStatus": [],
+        "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
+        "MemoryLimit": False,
+        "SwapLimit": False,
+        "CpuCfsPeriod": False,
+        "CpuCfsQuota": False,
+        "CPUShares": False,
+        "CPUSet": False,
+        "PidsLimit": False,
+        "IPv4Forwarding": False,
+        "Debug": False,
+        "NFd": 0,
+        "NGoroutines": 0,
+        "SystemTime": "",
+        "LoggingDriver": "",
+        "CgroupDriver": "",
+        "CgroupVersion": "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1",
+        "NEventsListener": 0,
+        "KernelVersion": platform.release(),
+        "OperatingSystem": _os_name(),
+        "OSVersion": "",
+        "OSType": "linux",
+        "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": None,
+        "NCPU": os.cpu_count() or 1,
+        "MemTotal": _mem_total(),
+        "GenericResources": None,
+        "DockerRootDir": str(store.root),
+        "HttpProxy": os.environ.get("HTTP_PROXY", ""),
+        "HttpsProxy": os.environ.get("HTTPS_PROXY", ""),
+        "NoProxy": os.environ.get("NO_PROXY", ""),
+        "Name": socket.gethostname(),
+        "Labels": [],
+        "ExperimentalBuild": False,
+        "ServerVersion": version_string(),
+        "Runtimes": {},
+        "DefaultRuntime": "",
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+                  "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": False,
+        "Isolation": "",
+        "InitBinary": "",
+        "ContainerdCommit": {"ID": "", "Expected": ""},
+        "RuncCommit": {"ID": "", "Expected": ""},
+        "InitCommit": {"ID": "", "Expected": ""},
+        "SecurityOptions": [],
+        "Warnings": [],
+    }
