@@ -133,6 +133,11 @@ def parse_scopes(values: list[str]) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client hanging up is no test failure; socketserver's traceback would reach capsys."""
+
 class TokenServer:
     """`GET /token?service=…&scope=…` on 127.0.0.1 (a daemon thread). Basic auth for
     `username`/`password` gets every action asked for; no credentials get pull on `public/…`
@@ -167,7 +172,7 @@ class TokenServer:
                 server._record(self, [], "", None, 405)
                 server._send(self, 405, {"errors": [{"code": "UNSUPPORTED", "message": "only GET"}]})
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self.realm = f"http://127.0.0.1:{self.port}/token"
