@@ -96,16 +96,14 @@ def _checks(context, dockerfile, build_args: dict[str, str], platform: str, skip
     except DockerfileError:
         config = None  # lint reports the directive's mistake
     ignore = Matcher(read_patterns(Path(context), dockerfile))
-    images = _image_facts(store) if store is not None else {}
-
     def base_env(ref: str) -> dict[str, str] | None:
-        config = images.get(ref)
+        config = _base_config(store, ref)
         if config is None:
             return None
         return dict(item.partition("=")[::2] for item in (config.get("config") or {}).get("Env") or [])
 
     def base_platform(ref: str) -> str | None:
-        config = images.get(ref)
+        config = _base_config(store, ref)
         if config is None or not config.get("os"):
             return None
         return "/".join(p for p in (config.get("os"), config.get("architecture"), config.get("variant")) if p)
@@ -114,29 +112,16 @@ def _checks(context, dockerfile, build_args: dict[str, str], platform: str, skip
                 config=config, base_env=base_env, base_platform=base_platform), name
 
 
-def _image_facts(store: Store) -> dict[str, dict]:
-    """What the checks may know of base images the store has (never a pull): name → config,
-    under the name as written and as the store normalises it."""
-    from buildpy.cas.reference import InvalidReference, parse, tagged_images
+def _base_config(store: Store | None, ref: str) -> dict | None:
+    """The config of a base image the store has (the checks never pull), None when unknown."""
+    if store is None:
+        return None
+    from buildpy.cas.reference import resolve
 
-    class Facts(dict):
-        def get(self, ref: str, default=None):  # noqa: ANN001, ANN202
-            if ref in self:
-                return self[ref]
-            try:
-                return super().get(parse(ref).name if ":" in ref.rsplit("/", 1)[-1] or "@" in ref
-                                   else parse(ref).with_tag("latest").name, default)
-            except (InvalidReference, ValueError):
-                return default
-
-    facts = Facts()
     try:
-        for t in tagged_images(store):
-            facts[t.name] = t.image.config
-    except Exception:  # noqa: BLE001 - the checks run without image facts then
-        pass
-    return facts
-
+        return resolve(store, ref)[1].config
+    except Exception:  # noqa: BLE001 - an image the checks cannot see is an unknown one
+        return None
 
 def _remembered_checks(store: Store, context, dockerfile, build_args: dict[str, str], platform: str):  # noqa: ANN001, ANN202
     """The checks a build runs first, remembered per Dockerfile (checks/memo.py)."""

@@ -184,3 +184,22 @@ class Buildah:
 
     def remove_all(self) -> None:
         subprocess.run(["buildah", *self.storage, "rmi", "--all", "--force"], capture_output=True, timeout=TIMEOUT)
+
+
+def assert_same_as_buildah(ours_root: Path, ours_config: dict[str, Any], theirs_root: Path,
+                           theirs_docker: dict[str, Any]) -> dict[str, Any]:
+    """Two unpacked images agree path by path (type, mode, ids, content; not mtimes, not what
+    buildah leaves on purpose) and config by config; returns our tree."""
+    from tests import buildcases
+
+    ours, theirs = buildcases.tree(ours_root), buildcases.tree(theirs_root)
+    for tree in (ours, theirs):
+        for n in tree.values():
+            n.pop("mtime")
+    paths = sorted(p for p in set(ours) | set(theirs) if not differs_on_purpose(p))
+    diffs = [f"{p}: ours {ours.get(p)} buildah {theirs.get(p)}" for p in paths if ours.get(p) != theirs.get(p)]
+    assert not diffs, "\n".join(diffs[:20])
+    want = comparable_config(theirs_docker.get("config") or {}, theirs_docker.get("author"))
+    got = comparable_config(ours_config.get("config") or {}, ours_config.get("author"))
+    assert got == want
+    return ours

@@ -19,6 +19,7 @@ from buildpy.cas.media import INDEXES, MANIFESTS, Descriptor
 from buildpy.cas.store import Store
 from buildpy.registry import auth
 from buildpy.registry.auth import Challenge, Credentials
+from buildpy.registry.blobsource import Progress, _no_progress
 from buildpy.registry.settings import RegistryError, Settings, api_host
 from buildpy.registry.transport import Response, Transport
 
@@ -31,8 +32,6 @@ UPLOAD_CHUNK = 64 << 20
 REDIRECTS = 5
 
 ACCEPT_MANIFESTS = ", ".join(sorted(MANIFESTS | INDEXES))
-
-from buildpy.registry.blobsource import Progress, _no_progress  # noqa: E402 - one definition of both
 
 
 @dataclass
