@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from buildpy.api.errors import ApiError
+from buildpy.api.routing import Query, route
 from buildpy.cas.store import Store
 
 Send = Callable[[dict[str, Any]], None]
@@ -51,48 +51,29 @@ class JsonLines:
         return False
 
 
-def _flag(query: dict[str, list[str]], name: str) -> bool:
-    value = (query.get(name) or [""])[-1].strip().lower()
-    return value in ("1", "true", "yes")
-
-
-def _json_object(query: dict[str, list[str]], name: str) -> dict[str, str]:
-    text = (query.get(name) or [""])[-1]
-    if not text:
-        return {}
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        raise ApiError(400, f"invalid {name}: not JSON") from None
-    if not isinstance(obj, dict):
-        raise ApiError(400, f"invalid {name}: not a JSON object")
-    # a null build arg is one the client could not resolve from its environment: left out
-    return {str(k): str(v) for k, v in obj.items() if v is not None}
-
-
 class Params:
     """The query of POST /build, checked before anything is read or built."""
 
-    def __init__(self, query_string: str) -> None:
+    def __init__(self, q: Query) -> None:
         from buildpy.executor.session import OptionError, tag_names
 
-        q = parse_qs(query_string, keep_blank_values=True)
-        if (q.get("remote") or [""])[-1]:
+        if q.one("remote"):
             raise ApiError(400, "buildpy serve builds only a context sent as a tar (no remote contexts yet)")
-        self.dockerfile = (q.get("dockerfile") or [""])[-1] or "Dockerfile"
-        self.tags = [t for t in q.get("t", []) if t]
+        self.dockerfile = q.one("dockerfile") or "Dockerfile"
+        self.tags = [t for t in q.all("t") if t]
         try:
             tag_names(self.tags)
         except OptionError as e:
             raise ApiError(400, str(e)) from None
-        self.build_args = _json_object(q, "buildargs")
-        self.labels = _json_object(q, "labels")
-        self.target = (q.get("target") or [""])[-1] or None
-        self.no_cache = _flag(q, "nocache")
-        self.pull = _flag(q, "pull")
-        self.quiet = _flag(q, "q")
-        self.platform = (q.get("platform") or [""])[-1]
-        network = (q.get("networkmode") or [""])[-1] or "default"
+        # a null build arg is one the client could not resolve from its environment: left out
+        self.build_args = {str(k): str(v) for k, v in q.json_object("buildargs").items() if v is not None}
+        self.labels = {str(k): str(v) for k, v in q.json_object("labels").items() if v is not None}
+        self.target = q.one("target") or None
+        self.no_cache = q.flag("nocache")
+        self.pull = q.flag("pull")
+        self.quiet = q.flag("q")
+        self.platform = q.one("platform")
+        network = q.one("networkmode") or "default"
         if network == "bridge":
             network = "default"
         if network not in ("default", "none", "host"):
@@ -196,3 +177,37 @@ def remove(directory: Path) -> None:
                 except OSError:
                     pass
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# the endpoint
+
+
+@route("POST", r"/build")
+def _build(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
+    params = Params(q)
+    store = h.store
+    directory = unpack_context(store, h.body())
+    gone = False
+    try:
+        context = directory / "context"
+        dockerfile = dockerfile_path(context, params)
+        h.start_stream("application/json")
+        lock = threading.Lock()
+
+        def send(obj: dict[str, Any]) -> None:
+            nonlocal gone
+            with lock:
+                if gone:
+                    return
+                try:
+                    h.chunk((json.dumps(obj, ensure_ascii=False) + "\n").encode())
+                except OSError:
+                    gone = True  # the client left; the build still finishes (and tags)
+
+        run(store, params, context, dockerfile, send)
+    finally:
+        remove(directory)  # before the answer ends: the client sees the store as it is left
+    if not gone:
+        h.end_stream()
+    else:
+        h.close_connection = True

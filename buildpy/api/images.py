@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from buildpy.api.errors import ApiError, as_api_error, no_such_image
+from buildpy.api.routing import Query, route
 from buildpy.cas.store import Store
 
 
@@ -201,3 +202,32 @@ def remove(store: Store, name: str, force: bool) -> list[dict[str, str]]:
     if not out:
         raise no_such_image(name)
     return out
+
+
+# endpoints
+
+
+@route("GET", r"/images/json")
+def _list(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
+    h.json(200, list_images(h.store, q.one("filters")))
+
+
+@route("GET", r"/images/(.+)/json")
+def _inspect(h, q: Query, name: str) -> None:  # noqa: ANN001
+    h.json(200, inspect(h.store, name))
+
+
+@route("GET", r"/images/(.+)/history")
+def _history(h, q: Query, name: str) -> None:  # noqa: ANN001
+    h.json(200, history(h.store, name))
+
+
+@route("POST", r"/images/(.+)/tag")
+def _tag(h, q: Query, name: str) -> None:  # noqa: ANN001
+    tag(h.store, name, q.one("repo"), q.one("tag"))
+    h.send(201, b"", "text/plain; charset=utf-8")
+
+
+@route("DELETE", r"/images/(.+)")
+def _remove(h, q: Query, name: str) -> None:  # noqa: ANN001
+    h.json(200, remove(h.store, name, q.flag("force")))

@@ -14,12 +14,12 @@ import stat
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from buildpy.api import system
+from buildpy.api import routing, system
 from buildpy.api.errors import ApiError
 from buildpy.cas.store import Store
 
@@ -89,6 +89,7 @@ def serve(store: Store, host: str) -> int:
     path = socket_path(host)
     _clear_stale(path)
     store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    _load_endpoints()
     server = _Server(path, store)
 
     def stop(signum: int, frame: object) -> None:
@@ -111,17 +112,14 @@ def serve(store: Store, host: str) -> int:
     return 0
 
 
-# routing
-
-_ROUTES: list[tuple[str, re.Pattern[str], str]] = []
+_AREAS = ("system", "images", "build")  # the modules whose @route endpoints are served
 
 
-def _route(method: str, pattern: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    def add(fn: Callable[..., None]) -> Callable[..., None]:
-        _ROUTES.append((method, re.compile(pattern), fn.__name__))
-        return fn
+def _load_endpoints() -> None:
+    import importlib
 
-    return add
+    for area in _AREAS:
+        importlib.import_module(f"buildpy.api.{area}")
 
 
 _VERSION_RE = re.compile(r"/v(\d+)\.(\d+)(/.*)")
@@ -133,6 +131,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return f"Docker/{system.version_string()} (linux)"
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
 
     def address_string(self) -> str:
         return "unix"  # a Unix socket's peer has no address
@@ -180,15 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
                                         f"supported API version is {system.MIN_API_VERSION}, please upgrade "
                                         "your client to a newer version")
                 path = m.group(3)
-            query = parse_qs(url.query, keep_blank_values=True)
-            for want, pattern, name in _ROUTES:
-                if want != method and not (want == "GET" and method == "HEAD" and name == "ping"):
-                    continue
-                m = pattern.fullmatch(path)
-                if m:
-                    getattr(self, name)(query, url.query, *(unquote(g) for g in m.groups()))
-                    return
-            raise ApiError(501, f"buildpy does not implement {method} {unquote(path)}")
+            found = routing.find(method, path)
+            if found is None:
+                raise ApiError(501, f"buildpy does not implement {method} {unquote(path)}")
+            endpoint, params = found
+            endpoint(self, routing.Query(url.query), *params)
         except ApiError as e:
             self._error(e.status, e.message)
         except Exception as e:  # noqa: BLE001 - never a traceback to the client
@@ -197,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # the request body
 
-    def _body(self) -> Iterator[bytes]:
+    def body(self) -> Iterator[bytes]:
         """The request body, Content-Length or chunked; read once."""
         if self._body_done:
             return
@@ -235,7 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drain(self) -> None:
         try:
-            for _ in self._body():
+            for _ in self.body():
                 pass
         except ApiError:
             self.close_connection = True
@@ -253,7 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Type", content_type)
 
-    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
+    def send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
         self._headers(status, content_type, extra)
         self.send_header("Content-Length", str(len(body) if self.command != "HEAD" else 0))
         self.end_headers()
@@ -261,111 +259,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         self.wfile.flush()
 
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, (json.dumps(obj, ensure_ascii=False) + "\n").encode(), "application/json")
+    def json(self, status: int, obj: Any) -> None:
+        self.send(status, (json.dumps(obj, ensure_ascii=False) + "\n").encode(), "application/json")
 
     def _error(self, status: int, message: str) -> None:
         if self._started:  # too late for a status: end the connection so the client sees it
             self.close_connection = True
             return
         try:
-            self._json(status, {"message": message})
+            self.json(status, {"message": message})
         except OSError:
             self.close_connection = True
 
-    def _start_stream(self, content_type: str) -> None:
+    def start_stream(self, content_type: str) -> None:
         self._headers(200, content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
 
-    def _chunk(self, data: bytes) -> None:
+    def chunk(self, data: bytes) -> None:
         if data:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
 
-    def _end_stream(self) -> None:
+    def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
-
-    # system
-
-    @_route("GET", r"/_ping")
-    def ping(self, query: dict[str, list[str]], raw: str) -> None:
-        self._send(200, b"OK", "text/plain; charset=utf-8", system.ping_headers())
-
-    @_route("GET", r"/version")
-    def version(self, query: dict[str, list[str]], raw: str) -> None:
-        self._json(200, system.version())
-
-    @_route("GET", r"/info")
-    def info(self, query: dict[str, list[str]], raw: str) -> None:
-        self._json(200, system.info(self.server.store))
-
-    # images
-
-    @_route("GET", r"/images/json")
-    def images_list(self, query: dict[str, list[str]], raw: str) -> None:
-        from buildpy.api import images
-
-        self._json(200, images.list_images(self.server.store, (query.get("filters") or [""])[-1]))
-
-    @_route("GET", r"/images/(.+)/json")
-    def images_inspect(self, query: dict[str, list[str]], raw: str, name: str) -> None:
-        from buildpy.api import images
-
-        self._json(200, images.inspect(self.server.store, name))
-
-    @_route("GET", r"/images/(.+)/history")
-    def images_history(self, query: dict[str, list[str]], raw: str, name: str) -> None:
-        from buildpy.api import images
-
-        self._json(200, images.history(self.server.store, name))
-
-    @_route("POST", r"/images/(.+)/tag")
-    def images_tag(self, query: dict[str, list[str]], raw: str, name: str) -> None:
-        from buildpy.api import images
-
-        images.tag(self.server.store, name, (query.get("repo") or [""])[-1], (query.get("tag") or [""])[-1])
-        self._send(201, b"", "text/plain; charset=utf-8")
-
-    @_route("DELETE", r"/images/(.+)")
-    def images_remove(self, query: dict[str, list[str]], raw: str, name: str) -> None:
-        from buildpy.api import images
-
-        force = (query.get("force") or [""])[-1].lower() in ("1", "true")
-        self._json(200, images.remove(self.server.store, name, force))
-
-    # build
-
-    @_route("POST", r"/build")
-    def build(self, query: dict[str, list[str]], raw: str) -> None:
-        from buildpy.api import build
-
-        params = build.Params(raw)
-        store = self.server.store
-        directory = build.unpack_context(store, self._body())
-        try:
-            context = directory / "context"
-            dockerfile = build.dockerfile_path(context, params)
-            self._start_stream("application/json")
-            lock = threading.Lock()
-            gone = False
-
-            def send(obj: dict[str, Any]) -> None:
-                nonlocal gone
-                with lock:
-                    if gone:
-                        return
-                    try:
-                        self._chunk((json.dumps(obj, ensure_ascii=False) + "\n").encode())
-                    except OSError:
-                        gone = True  # the client left; the build still finishes (and tags)
-
-            build.run(store, params, context, dockerfile, send)
-        finally:
-            build.remove(directory)  # before the answer ends: the client sees the store as it is left
-        if self._started and not gone:
-            self._end_stream()
-        else:
-            self.close_connection = True

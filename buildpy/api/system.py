@@ -8,6 +8,7 @@ import platform
 import socket
 from typing import Any
 
+from buildpy.api.routing import Query, route
 from buildpy.cas.store import Store
 
 API_VERSION = "1.41"
@@ -144,3 +145,21 @@ def info(store: Store) -> dict[str, Any]:
         "SecurityOptions": [],
         "Warnings": [],
     }
+
+
+# endpoints
+
+
+@route("GET", r"/_ping")
+def _ping(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
+    h.send(200, b"OK", "text/plain; charset=utf-8", ping_headers())
+
+
+@route("GET", r"/version")
+def _version(h, q: Query) -> None:  # noqa: ANN001
+    h.json(200, version())
+
+
+@route("GET", r"/info")
+def _info(h, q: Query) -> None:  # noqa: ANN001
+    h.json(200, info(h.store))
