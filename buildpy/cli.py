@@ -75,96 +75,17 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return _build_in(args, store, context, dockerfile, remote, named, secrets, ssh_agents, auth)
 
 
-def _checks(context, dockerfile, build_args: dict[str, str], platform: str, skip: Sequence[str] = (),  # noqa: ANN001
-            error: bool | None = None, store: Store | None = None):  # noqa: ANN202 - checks.findings.LintResult
-    """The build checks of a Dockerfile: its `# check=` directive, then the flags."""
-    from pathlib import Path
-
-    from buildpy.checks.config import config_from_directive, merge
-    from buildpy.checks.lint import lint
-    from buildpy.grammar.errors import DockerfileError
-    from buildpy.planner.dockerignore import Matcher, read_patterns
-
-    dockerfile = Path(dockerfile)
-    try:
-        source = dockerfile.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {dockerfile}: {e.strerror}") from None
-    name = dockerfile.name if dockerfile.parent == Path(context) else str(dockerfile)
-    try:
-        config = merge(config_from_directive(source, name), skip, error)
-    except DockerfileError:
-        config = None  # lint reports the directive's mistake
-    ignore = Matcher(read_patterns(Path(context), dockerfile))
-    def base_env(ref: str) -> dict[str, str] | None:
-        config = _base_config(store, ref)
-        if config is None:
-            return None
-        return dict(item.partition("=")[::2] for item in (config.get("config") or {}).get("Env") or [])
-
-    def base_platform(ref: str) -> str | None:
-        config = _base_config(store, ref)
-        if config is None or not config.get("os"):
-            return None
-        return "/".join(p for p in (config.get("os"), config.get("architecture"), config.get("variant")) if p)
-
-    return lint(source, name, ignored=ignore, build_args=build_args, target_platform=platform or "linux/amd64",
-                config=config, base_env=base_env, base_platform=base_platform), name
-
-
-def _base_config(store: Store | None, ref: str) -> dict | None:
-    """The config of a base image the store has (the checks never pull), None when unknown."""
-    if store is None:
-        return None
-    from buildpy.cas.reference import resolve
-
-    try:
-        return resolve(store, ref)[1].config
-    except Exception:  # noqa: BLE001 - an image the checks cannot see is an unknown one
-        return None
-
-def _remembered_checks(store: Store, context, dockerfile, build_args: dict[str, str], platform: str):  # noqa: ANN001, ANN202
-    """The checks a build runs first, remembered per Dockerfile (checks/memo.py)."""
-    import json
-    from pathlib import Path
-
-    from buildpy.checks import memo
-
-    def read(path: Path) -> bytes:
-        try:
-            return path.read_bytes()
-        except OSError:
-            return b"\0missing"
-
-    dockerfile = Path(dockerfile)
-    ignore_files = [Path(context) / ".dockerignore", Path(str(dockerfile) + ".dockerignore")]
-    try:  # the base images' facts count: any change of the store's refs checks anew
-        st = store.index_path.stat()
-        refs_stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        refs_stamp = "none"
-    key = memo.key_of([__version__, str(dockerfile), read(dockerfile), *(read(p) for p in ignore_files), platform,
-                       json.dumps(sorted(build_args.items())), refs_stamp])
-
-    def compute() -> memo.Verdict:
-        result, _ = _checks(context, dockerfile, build_args, platform, store=store)
-        lines = tuple(f"{f.file}:{f.line}: {f.rule}: {f.message}" for f in result.findings)
-        return memo.Verdict(lines, result.config.error, result.error is not None)
-
-    return memo.verdict(store.root / "checks", key, compute)
-
-
 def _cmd_lint(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from buildpy.checks import report
+    from buildpy.checks import gate, report
     from buildpy.planner.args import parse_build_args
 
     context = Path(args.context)
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"
     skip = [r.strip() for item in args.skip for r in item.split(",") if r.strip()]
-    result, name = _checks(context, dockerfile, parse_build_args(args.build_arg), "", skip, True if args.error else None,
-                           _store(args))
+    result, name = gate.check(context, dockerfile, parse_build_args(args.build_arg), "", skip,
+                              True if args.error else None, _store(args))
     render = {"text": report.render_text, "json": lambda r, _n: report.render_json(r),
               "sarif": report.render_sarif}[args.format]
     sys.stdout.write(render(result, name))
@@ -180,21 +101,19 @@ def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remot
     from buildpy.planner.args import parse_build_args
     from buildpy.planner.request import BuildRequest
 
+    from buildpy.checks import gate
+
     build_args = parse_build_args(args.build_arg)
     if args.check:
         from buildpy.checks import report
 
-        result, name = _checks(context, dockerfile, dict(build_args), args.platform or "", store=store)
+        result, name = gate.check(context, dockerfile, build_args, args.platform or "", store=store)
         sys.stdout.write(report.render_text(result, name))
         return 1 if result.findings or result.error is not None else 0
     if not args.no_checks:
-        verdict = _remembered_checks(store, context, dockerfile, dict(build_args), args.platform or "")
-        if verdict.lines and args.progress != "quiet":
-            for line in verdict.lines:
-                print(f"warning: {line}", file=sys.stderr)
-        if verdict.lines and verdict.error:
-            raise UsageError(f"{len(verdict.lines)} build check(s) failed and the Dockerfile asks for "
-                             "error=true (# check=error=true)")
+        quiet = args.progress == "quiet"
+        gate.before_build(store, context, dockerfile, build_args, args.platform or "",
+                          warn=lambda line: None if quiet else print(f"warning: {line}", file=sys.stderr))
     labels = dict(item.partition("=")[::2] for item in args.label)
     request = BuildRequest(context=context, dockerfile=dockerfile, build_args=build_args,
                            target=args.target or None, platform=args.platform or "", labels=labels,
@@ -329,24 +248,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_domain(text: str) -> str:
-    from buildpy.registry.settings import DOCKER_HUB
-
-    text = text.strip()
-    for prefix in ("https://", "http://"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-    text = text.split("/", 1)[0]
-    if not text or text in ("index.docker.io", "registry-1.docker.io"):
-        return DOCKER_HUB
-    return text
-
-
 def _cmd_login(args: argparse.Namespace) -> int:
     from buildpy.registry import auth
-    from buildpy.registry.client import Client
 
-    domain = _registry_domain(args.registry or "")
+    domain = auth.registry_domain(args.registry or "")
     username = args.username
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -362,7 +267,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
     if not username or not password:
         raise UsageError("login needs a username and a password")
     creds = auth.Credentials(username, password)
-    Client(domain, _settings(args), creds).ping()
+    auth.check(domain, creds, _settings(args))
     where = auth.store(domain, creds)
     if not auth.uses_helper(domain):
         print(f"WARNING! Your password will be stored unencrypted in {where}.", file=sys.stderr)
@@ -373,7 +278,7 @@ def _cmd_login(args: argparse.Namespace) -> int:
 def _cmd_logout(args: argparse.Namespace) -> int:
     from buildpy.registry import auth
 
-    domain = _registry_domain(args.registry or "")
+    domain = auth.registry_domain(args.registry or "")
     if auth.erase(domain):
         print(f"Removing login credentials for {domain}")
     else:
@@ -736,18 +641,11 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from buildpy.cas.reference import lookup
+    from buildpy.cas import archive
 
     store = _store(args)
     with store.lease():  # the images' blobs stay while we read them, whatever rmi + prune do
-        names = []
-        for text in args.names:
-            name, _ = lookup(store, text)
-            if name is None:
-                raise UsageError(f"cannot export {text}: it has no tag (`buildpy tag` it first)")
-            names.append(name)
-        from buildpy.cas import archive
-
+        names = archive.ref_names(store, args.names)
         if args.docker:
             archive.export_docker(store, names, args.output)
         else:

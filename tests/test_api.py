@@ -84,7 +84,7 @@ def test_info(server: Server) -> None:
 
 
 def test_unknown_endpoint_is_501(server: Server) -> None:
-    for method, path in (("GET", "/v1.41/containers/json"), ("POST", "/containers/create"),
+    for method, path in (("GET", "/v1.41/swarm"), ("POST", "/containers/x/exec"),
                          ("GET", "/v1.41/nothing/here"), ("PUT", "/images/busybox/json")):
         a = call(server.sock, method, path, body=b"{}" if method != "GET" else None)
         assert a.status == 501, (method, path)
@@ -150,7 +150,7 @@ def test_keep_alive_across_errors(server: Server) -> None:
     try:
         assert call(conn, "GET", "/_ping").status == 200
         # a body the server does not want is still read, so the next request parses
-        assert call(conn, "POST", "/v1.41/containers/create", body=b'{"Image": "busybox"}' * 100).status == 501
+        assert call(conn, "POST", "/v1.41/swarm/init", body=b'{"Name": "n"}' * 100).status == 501
         assert call(conn, "POST", "/v1.41/images/create", body=b"x" * 5000, chunked=True).status == 501
         assert call(conn, "GET", "/v1.41/images/nope/json").status == 404
         assert call(conn, "GET", "/v1.41/version").json()["ApiVersion"] == "1.41"
@@ -364,9 +364,22 @@ def test_docker_cli_version_images_info(server: Server, tmp_path: Path) -> None:
     r = docker(server, tmp_path, "image", "inspect", "nope:9")
     assert r.returncode != 0
     assert "No such image: nope:9" in r.stderr
-    r = docker(server, tmp_path, "ps")
+    r = docker(server, tmp_path, "swarm", "ca")
     assert r.returncode != 0
-    assert "buildpy does not implement GET /containers/json" in r.stderr
+    assert "buildpy does not implement GET /swarm" in r.stderr
+
+
+@needs_docker
+def test_docker_cli_networks_are_the_builtin_three(server: Server, tmp_path: Path) -> None:
+    r = docker(server, tmp_path, "network", "ls", "--format", "{{.Name}} {{.Driver}}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["bridge bridge", "host host", "none null"]
+    r = docker(server, tmp_path, "network", "inspect", "host")
+    assert r.returncode == 0 and json.loads(r.stdout)[0]["Driver"] == "host", r.stderr
+    r = docker(server, tmp_path, "inspect", "no-such-thing")
+    assert r.returncode != 0 and "No such object: no-such-thing" in r.stderr, r.stderr
+    r = docker(server, tmp_path, "network", "create", "mynet")
+    assert r.returncode != 0 and "buildpy does not implement POST /networks/create" in r.stderr, r.stderr
 
 
 @needs_docker

@@ -1,22 +1,29 @@
 """POST /build: the classic builder endpoint (`DOCKER_BUILDKIT=0 docker build`). The body is
-the context as a tar (plain or compressed); it is unpacked into a temporary directory under the
-store's tmp/ and built as `buildpy build` builds a directory; progress goes back as Docker's
-JSON lines."""
+the context as a tar, checked and unpacked by buildcontext.py, and built as `buildpy build`
+builds a directory: the build checks first (warnings as stream lines), then the build, its
+progress going back as Docker's JSON lines. A client that hangs up (the connection closed, or
+a write fails) cancels its build, as does a server told to stop: running steps are killed and
+the store keeps what was finished.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import select
+import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from buildpy.api import buildcontext
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
 from buildpy.cas.store import Store
+
+if TYPE_CHECKING:
+    from buildpy.executor.cancel import Cancel
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -81,62 +88,44 @@ class Params:
         self.network = network
 
 
-def unpack_context(store: Store, body: Iterable[bytes]) -> Path:
-    """The context tar (plain, gzip, bzip2 or xz) unpacked into a new directory under tmp/;
-    the caller removes it."""
-    import tarfile
-
-    store.tmp_dir.mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(dir=store.tmp_dir, prefix="api-build-"))
-    try:
-        with tempfile.TemporaryFile(dir=store.tmp_dir, prefix="api-context-") as spool:
-            for chunk in body:
-                spool.write(chunk)
-            size = spool.tell()
-            spool.seek(0)
-            context = directory / "context"
-            context.mkdir()
-            if size:
-                try:
-                    with tarfile.open(fileobj=spool, mode="r:*") as tar:
-                        tar.extractall(context, filter="data")
-                except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-                    raise ApiError(400, f"the build context is not a valid tar archive: {e}") from None
-        return directory
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-
-
-def _inside(root: Path, relative: str) -> Path:
+def _inside(root: Path, relative: str, what: str) -> Path:
     path = (root / relative).resolve()
     if path != root.resolve() and root.resolve() not in path.parents:
-        raise ApiError(400, f"the Dockerfile {relative} is outside the build context")
+        raise ApiError(400, f"the {what} {relative} is outside the build context")
     return path
 
 
 def dockerfile_path(context: Path, params: Params) -> Path:
-    """The Dockerfile the request names, inside the unpacked context."""
-    dockerfile = _inside(context, params.dockerfile)
+    """The Dockerfile the request names, inside the unpacked context; its .dockerignore files
+    (which the build reads) must resolve inside the context too."""
+    dockerfile = _inside(context, params.dockerfile, "Dockerfile")
     if not dockerfile.is_file():
         raise ApiError(400, f"Cannot locate specified Dockerfile: {params.dockerfile}")
-    return dockerfile
+    for ignore in (context / ".dockerignore", Path(str(context / params.dockerfile) + ".dockerignore")):
+        if ignore.is_symlink():
+            _inside(context, str(ignore.relative_to(context)), ".dockerignore")
+    return context / params.dockerfile
 
 
-def run(store: Store, params: Params, context: Path, dockerfile: Path, send: Send) -> None:
-    """Build `context` and send the progress, the image ID and the tags (or the error) as JSON
-    lines; never raises for a failed build (the answer has started)."""
+def run(store: Store, params: Params, context: Path, dockerfile: Path, send: Send,
+        cancel: Cancel | None = None) -> None:
+    """Check and build `context` and send the warnings, the progress, the image ID and the
+    tags (or the error) as JSON lines; never raises for a failed build (the answer has started)."""
     from buildpy.cas.reference import parse
+    from buildpy.checks import gate
     from buildpy.executor.options import BuildOptions
     from buildpy.executor.session import Remote, build
     from buildpy.planner.request import BuildRequest
 
     out = JsonLines(send)
     try:
+        quiet = params.quiet
+        gate.before_build(store, context, dockerfile, params.build_args, params.platform,
+                          warn=lambda line: None if quiet else out.write(f"warning: {line}\n"))
         request = BuildRequest(context=context, dockerfile=dockerfile, build_args=params.build_args,
                                target=params.target, platform=params.platform, labels=params.labels,
                                network=params.network, pull=params.pull)
-        options = BuildOptions(no_cache=params.no_cache, network=params.network)
+        options = BuildOptions(no_cache=params.no_cache, network=params.network, cancel=cancel)
         result = build(store, request, options, tags=params.tags, progress="quiet" if params.quiet else "plain",
                        stream=out, remote=Remote(_clients()))
         out.close()
@@ -167,47 +156,85 @@ def _clients():  # noqa: ANN202 - registry.clients.Clients, for FROM images the 
     return Clients(Settings.from_env())
 
 
-def remove(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
-    if directory.exists():  # a read-only directory inside: make it writable and try again
-        for root, dirs, _ in os.walk(directory):
-            for d in dirs:
-                try:
-                    os.chmod(os.path.join(root, d), 0o700)
-                except OSError:
-                    pass
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 # the endpoint
 
 
 @route("POST", r"/build")
 def _build(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
+    from buildpy.executor.cancel import Cancel
+
     params = Params(q)
     store = h.store
-    directory = unpack_context(store, h.body())
-    gone = False
-    try:
-        context = directory / "context"
+    with buildcontext.received(store, h.body()) as context, Cancel() as token:
         dockerfile = dockerfile_path(context, params)
         h.start_stream("application/json")
-        lock = threading.Lock()
-
-        def send(obj: dict[str, Any]) -> None:
-            nonlocal gone
-            with lock:
-                if gone:
-                    return
-                try:
-                    h.chunk((json.dumps(obj, ensure_ascii=False) + "\n").encode())
-                except OSError:
-                    gone = True  # the client left; the build still finishes (and tags)
-
-        run(store, params, context, dockerfile, send)
-    finally:
-        remove(directory)  # before the answer ends: the client sees the store as it is left
-    if not gone:
-        h.end_stream()
-    else:
+        out = _Answer(h, token)
+        h.server.running.add(token)  # a stopping server cancels it
+        try:
+            with _HangUp(h.connection, token):
+                run(store, params, context, dockerfile, out.send, token)
+            if token.cancelled:
+                h.log_message("%s", token.reason)
+            if not out.gone:
+                h.end_stream()
+        finally:
+            h.server.running.discard(token)
+    if out.gone:
         h.close_connection = True
+
+
+class _Answer:
+    """The JSON lines of the answer; the first failed write cancels the build (the client left)."""
+
+    def __init__(self, h, token: Cancel) -> None:  # noqa: ANN001 - the server's exchange
+        self.h = h
+        self.token = token
+        self.gone = False
+        self.lock = threading.Lock()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        with self.lock:
+            if self.gone:
+                return
+            try:
+                self.h.chunk((json.dumps(obj, ensure_ascii=False) + "\n").encode())
+            except OSError:
+                self.gone = True
+                self.token.cancel(_GONE)
+
+
+_GONE = "the build was cancelled: the client went away"
+
+
+class _HangUp:
+    """While the build runs, watch the connection: the client sends nothing more, so a full
+    close (POLLHUP) means it left, and its build is cancelled. A client that shuts down only its
+    writing side still reads the answer: that is no hang-up (POLLRDHUP is not asked for)."""
+
+    def __init__(self, conn: socket.socket, token: Cancel) -> None:
+        self.fd = conn.fileno()
+        self.token = token
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC)  # the build's end wakes the watcher at once
+        self.thread = threading.Thread(target=self._watch, name="api-hangup", daemon=True)
+
+    def __enter__(self) -> _HangUp:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.write(self.wake_w, b"x")
+        self.thread.join()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, 0)  # no events asked: POLLHUP and POLLERR are always reported
+        poller.register(self.wake_r, select.POLLIN)
+        while True:
+            for fd, events in poller.poll():
+                if fd == self.wake_r:
+                    return
+                if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    self.token.cancel(_GONE)
+                    return

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 from typing import Any
 
 from buildpy.api.errors import ApiError, as_api_error, no_such_image
-from buildpy.api.routing import Query, route
+from buildpy.api.routing import Query, dangling, route
 from buildpy.cas.store import Store
 
 
@@ -33,30 +32,6 @@ def _labels(config: dict[str, Any]) -> dict[str, str]:
     return dict(labels) if isinstance(labels, dict) else {}
 
 
-def _reference_patterns(filters: str | None) -> list[str]:
-    """`filters={"reference": {"PATTERN": true}}` (or the old list form) → the patterns."""
-    if not filters:
-        return []
-    try:
-        parsed = json.loads(filters)
-    except ValueError:
-        raise ApiError(400, f"invalid filter {filters!r}") from None
-    if not isinstance(parsed, dict):
-        raise ApiError(400, f"invalid filter {filters!r}")
-    for key in parsed:
-        if key not in ("reference", "dangling", "label", "before", "since"):
-            raise ApiError(400, f"invalid filter '{key}'")
-    value = parsed.get("reference") or []
-    return list(value) if isinstance(value, (dict, list)) else [str(value)]
-
-
-def _dangling_only(filters: str | None) -> bool:
-    if not filters:
-        return False
-    value = json.loads(filters).get("dangling") or []
-    return any(str(v).lower() in ("true", "1") for v in value)
-
-
 def _matches(name: str, patterns: list[str]) -> bool:
     """docker's `reference` filter: the pattern against NAME:TAG, or against the repository when
     the pattern has no tag."""
@@ -71,12 +46,12 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return False
 
 
-def list_images(store: Store, filters: str | None) -> list[dict[str, Any]]:
+def list_images(store: Store, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
     """GET /images/json: one entry per image (by ID), its tags in RepoTags, newest first."""
     from buildpy.cas.reference import tagged_images
 
-    patterns = _reference_patterns(filters)
-    if _dangling_only(filters):
+    patterns = filters.get("reference", [])
+    if dangling(filters):
         return []  # buildpy lists tagged images only
     by_id: dict[str, dict[str, Any]] = {}
     for t in tagged_images(store):
@@ -209,7 +184,7 @@ def remove(store: Store, name: str, force: bool) -> list[dict[str, str]]:
 
 @route("GET", r"/images/json")
 def _list(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
-    h.json(200, list_images(h.store, q.one("filters")))
+    h.json(200, list_images(h.store, q.filters(("reference", "dangling", "label", "before", "since"))))
 
 
 @route("GET", r"/images/(.+)/json")

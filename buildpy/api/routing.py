@@ -84,3 +84,41 @@ class Query:
         if not isinstance(value, dict):
             raise ApiError(400, f"invalid {name}: not a JSON object")
         return value
+
+    def filters(self, allowed: tuple[str, ...]) -> dict[str, list[str]]:
+        """Docker's `filters` parameter: `{"KEY": {"VALUE": true}}` (or the old `{"KEY":
+        ["VALUE"]}`) → {KEY: [VALUE...]}; a key not in `allowed` is a 400, as Docker answers."""
+        raw = self.json_value("filters")
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise ApiError(400, "invalid filters: not a JSON object")
+        out: dict[str, list[str]] = {}
+        for key, value in raw.items():
+            if key not in allowed:
+                raise ApiError(400, f"invalid filter '{key}'")
+            if isinstance(value, dict):
+                out[key] = [str(k) for k, v in value.items() if v]
+            elif isinstance(value, list):
+                out[key] = [str(v) for v in value]
+            else:
+                raise ApiError(400, f"invalid filter '{key}': {value!r}")
+        return out
+
+
+def dangling(filters: dict[str, list[str]], default: bool | None = None) -> bool | None:
+    """The `dangling` filter's value (true/1 or false/0); `default` when it is not given."""
+    words = [w.strip().lower() for w in filters.get("dangling", [])]
+    for w in words:
+        if w not in ("true", "1", "false", "0"):
+            raise ApiError(400, f"invalid filter 'dangling={w}'")
+    return any(w in ("true", "1") for w in words) if words else default
+
+
+def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
+    """The `label` filter: each of KEY or KEY=VALUE holds."""
+    for w in wanted:
+        key, eq, value = w.partition("=")
+        if key not in labels or (eq and labels[key] != value):
+            return False
+    return True

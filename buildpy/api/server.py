@@ -14,7 +14,7 @@ import stat
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -22,6 +22,12 @@ from urllib.parse import unquote, urlsplit
 from buildpy.api import routing, system
 from buildpy.api.errors import ApiError
 from buildpy.cas.store import Store
+from buildpy.executor.cancel import Running
+
+# Bounds on what a client makes the server hold or read. The request line and each header line
+# are bounded by http.server (64 KiB, 100 headers: 431 past them).
+JSON_MAX = 16 << 20  # a JSON request body
+DRAIN_MAX = 1 << 20  # an unwanted body read to keep the connection; past it the connection closes
 
 
 class ServeError(Exception):
@@ -71,6 +77,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     def __init__(self, path: str, store: Store) -> None:
         super().__init__(path, _Handler, bind_and_activate=False)
         self.store = store
+        self.running = Running()  # the builds in progress: a stop cancels them
         old = os.umask(0o177)  # the socket is born 0600: nobody else can connect in between
         try:
             self.server_bind()
@@ -93,6 +100,7 @@ def serve(store: Store, host: str) -> int:
     server = _Server(path, store)
 
     def stop(signum: int, frame: object) -> None:
+        server.running.cancel_all("the build was cancelled: the server is stopping")
         threading.Thread(target=server.shutdown, daemon=True).start()  # shutdown() waits for serve_forever
 
     saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -100,10 +108,14 @@ def serve(store: Store, host: str) -> int:
         print(f"buildpy: serving the Docker Engine API on unix://{path} (store {store.root})",
               file=sys.stderr, flush=True)
         server.serve_forever(poll_interval=0.2)
+        # cancelled builds kill their steps and clean up before the process ends under them
+        server.running.wait(timeout=60)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
         server.server_close()
+        for hook in _STOP_HOOKS:  # e.g. kill the containers this server runs, record them exited
+            hook()
         try:
             if os.lstat(path).st_ino == server.inode:
                 os.unlink(path)
@@ -112,7 +124,11 @@ def serve(store: Store, host: str) -> int:
     return 0
 
 
-_AREAS = ("system", "images", "build")  # the modules whose @route endpoints are served
+# the modules whose @route endpoints are served
+_AREAS = ("system", "images", "build", "transfer", "containers", "volumes", "networks")
+
+
+_STOP_HOOKS: list[Callable[[], None]] = []  # run once the server stops; areas append to it
 
 
 def _load_endpoints() -> None:
@@ -123,6 +139,14 @@ def _load_endpoints() -> None:
 
 
 _VERSION_RE = re.compile(r"/v(\d+)\.(\d+)(/.*)")
+
+
+def _check_path(path: str) -> None:
+    """No endpoint takes a `.` or `..` segment (no name may be one), encoded or not, or a NUL:
+    refused before any routing, so no name ever reaches a file system path with one."""
+    decoded = unquote(path)
+    if "\0" in decoded or any(part in (".", "..") for part in decoded.split("/")):
+        raise ApiError(400, f"invalid request path {path[:200]!r}: '.' and '..' segments are not allowed")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -171,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             url = urlsplit(self.path)
             path = url.path
+            _check_path(path)
             m = _VERSION_RE.fullmatch(path)
             if m:
                 wanted = (int(m.group(1)), int(m.group(2)))
@@ -205,6 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
                 line = self.rfile.readline(65537)
                 try:
                     size = int(line.split(b";")[0].strip(), 16)
+                    if size < 0:
+                        raise ValueError(size)
                 except ValueError:
                     self.close_connection = True
                     raise ApiError(400, "malformed chunked request body") from None
@@ -215,12 +242,49 @@ class _Handler(BaseHTTPRequestHandler):
                 yield from self._exactly(size)
                 self.rfile.readline(65537)
         else:
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                self.close_connection = True
-                raise ApiError(400, "malformed Content-Length") from None
+            length = self._length()
             yield from self._exactly(length)
+
+    def _length(self) -> int:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError(length)
+        except ValueError:
+            self.close_connection = True
+            self._body_done = True  # unreadable: nothing more is read from this connection
+            raise ApiError(400, "malformed Content-Length") from None
+        return length
+
+    def json_body(self, kind: type = dict, limit: int = JSON_MAX) -> Any:
+        """The request body as JSON of `kind` (dict or list); None when the body is empty.
+        ApiError 400 for bad JSON or another type, 413 past `limit` bytes (the connection then
+        closes: the rest is never read)."""
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        if not chunked and self._length() > limit:
+            self._refuse_body()
+            raise ApiError(413, f"the request body is larger than {limit} bytes")
+        data = bytearray()
+        for chunk in self.body():
+            data += chunk
+            if len(data) > limit:
+                self._refuse_body()
+                raise ApiError(413, f"the request body is larger than {limit} bytes")
+        if not data.strip():
+            return None
+        try:
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(value, kind):
+            want = "an object" if kind is dict else "an array" if kind is list else kind.__name__
+            raise ApiError(400, f"the request body must be JSON {want}, not {type(value).__name__}")
+        return value
+
+    def _refuse_body(self) -> None:
+        """What is left of the body is not read: the connection ends after the answer."""
+        self._body_done = True
+        self.close_connection = True
 
     def _exactly(self, n: int) -> Iterator[bytes]:
         while n > 0:
@@ -232,9 +296,20 @@ class _Handler(BaseHTTPRequestHandler):
             yield data
 
     def _drain(self) -> None:
+        """Read the unread body so the next request on the connection parses; a body past
+        DRAIN_MAX bytes is not worth reading: the connection closes after the answer instead."""
+        if self._body_done:
+            return
         try:
-            for _ in self.body():
-                pass
+            if "chunked" not in self.headers.get("Transfer-Encoding", "").lower() and self._length() > DRAIN_MAX:
+                self._refuse_body()
+                return
+            read = 0
+            for chunk in self.body():
+                read += len(chunk)
+                if read > DRAIN_MAX:
+                    self._refuse_body()
+                    return
         except ApiError:
             self.close_connection = True
 
@@ -247,6 +322,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Api-Version", system.API_VERSION)
         self.send_header("Docker-Experimental", "false")
         self.send_header("Ostype", "linux")
+        if self.close_connection:
+            self.send_header("Connection", "close")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Type", content_type)
@@ -261,6 +338,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def json(self, status: int, obj: Any) -> None:
         self.send(status, (json.dumps(obj, ensure_ascii=False) + "\n").encode(), "application/json")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, 431 for a header line past 64 KiB or
+        more than 100 headers, 414 for a request line past 64 KiB, answered as 431 as Docker
+        does) as Docker's JSON error; the connection then closes, its rest unread."""
+        if code == 414:
+            code, message = 431, "the request line is too long"
+        self.request_version = "HTTP/1.1"  # a garbled request line reads as HTTP/0.9: no status line
+        self.close_connection = True
+        self._body_done = True
+        self._started = True
+        text = message or self.responses.get(code, ("error",))[0]
+        if explain:
+            text = f"{text}: {explain}"
+        body = (json.dumps({"message": text}) + "\n").encode()
+        try:
+            self.send_response(code)
+            self.send_header("Connection", "close")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+            self.wfile.flush()
+        except OSError:
+            pass
 
     def _error(self, status: int, message: str) -> None:
         if self._started:  # too late for a status: end the connection so the client sees it
@@ -285,3 +388,23 @@ class _Handler(BaseHTTPRequestHandler):
     def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+    def hijack(self, content_type: str) -> tuple[Any, socket.socket]:
+        """Take the connection over (POST /containers/{id}/attach): `101 UPGRADED` when the client
+        asked for `Upgrade: tcp`, else a 200 whose body runs until the connection closes. Returns
+        (reader, socket): the raw stream both ways; the connection closes after the endpoint."""
+        upgrade = "upgrade" in self.headers.get("Connection", "").lower()
+        self._drain()
+        self._started = True
+        self.close_connection = True
+        if upgrade:
+            self.send_response_only(101, "UPGRADED")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", "tcp")
+        else:
+            self.send_response_only(200)
+        self.send_header("Api-Version", system.API_VERSION)
+        self.send_header("Content-Type", content_type)
+        self.end_headers()
+        self.wfile.flush()
+        return self.rfile, self.connection

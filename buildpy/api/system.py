@@ -8,6 +8,7 @@ import platform
 import socket
 from typing import Any
 
+from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
 from buildpy.cas.store import Store
 
@@ -86,14 +87,18 @@ def _mem_total() -> int:
 def info(store: Store) -> dict[str, Any]:
     from buildpy.cas.reference import tagged_images
 
+    from buildpy.containers import state
+
     images = {t.image.id for t in tagged_images(store)}
+    containers = state.all_containers(store)  # a running record whose supervisor is gone reads as exited
+    running = sum(c.status == "running" for c in containers)
     ident = hashlib.sha256(str(store.root).encode("utf-8", "surrogateescape")).hexdigest()[:32].upper()
     return {
         "ID": ":".join(ident[i:i + 4] for i in range(0, 32, 4)),
-        "Containers": 0,
-        "ContainersRunning": 0,
+        "Containers": len(containers),
+        "ContainersRunning": running,
         "ContainersPaused": 0,
-        "ContainersStopped": 0,
+        "ContainersStopped": len(containers) - running,
         "Images": len(images),
         "Driver": "buildpy",
         "DriverStatus": [],
@@ -163,3 +168,17 @@ def _version(h, q: Query) -> None:  # noqa: ANN001
 @route("GET", r"/info")
 def _info(h, q: Query) -> None:  # noqa: ANN001
     h.json(200, info(h.store))
+
+
+# buildpy has no engine plugins: the list is empty and any named one is not found (the docker
+# CLI's `inspect NAME` asks for a plugin last, then says "No such object")
+
+
+@route("GET", r"/plugins")
+def _plugins(h, q: Query) -> None:  # noqa: ANN001
+    h.json(200, [])
+
+
+@route("GET", r"/plugins/(.+)/json")
+def _plugin(h, q: Query, name: str) -> None:  # noqa: ANN001
+    raise ApiError(404, f"plugin {name!r} not found")

@@ -448,6 +448,20 @@ def load(store: Store, path: str | os.PathLike[str]) -> list[tuple[str | None, I
 # export
 
 
+def ref_names(store: Store, texts: list[str]) -> list[str]:
+    """The ref each name the user gave stands for (`busybox` → docker.io/library/busybox:latest,
+    an ID a tag names): an export writes tags, so an image found by digest alone is refused."""
+    from buildpy.cas.reference import lookup
+
+    names = []
+    for text in texts:
+        name, _ = lookup(store, text)
+        if name is None:
+            raise StoreError(f"cannot export {text}: it has no tag (`buildpy tag` it first)")
+        names.append(name)
+    return names
+
+
 def export_oci(store: Store, refs: list[str], path: str | os.PathLike[str]) -> None:
     """Write the named images (full ref names) as an OCI image layout: a directory, or a tar
     when `path` ends with `.tar`."""

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class PruneReport:
     bytes_freed: int
     tmp_freed: int
     cache_freed: int = 0
+    # the IDs (config digests) of the image manifests swept; a detail, not part of a report's value
+    images_removed: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def total_freed(self) -> int:
@@ -71,19 +73,59 @@ def prune(store: Store, cache_mounts: bool = False, keep: Iterable[Descriptor] =
     with store.lock("gc"):
         live = _mark(store, list(keep))
         removed = freed = 0
+        images: list[str] = []
         for name, path in _blob_files(store):
             if name in live:
                 continue
             try:
-                freed += path.stat().st_size
+                size = path.stat().st_size
+                image_id = _image_id(path, size)
+                freed += size
                 path.unlink()
+                if image_id and image_id.partition(":")[2] not in live:  # else the image lives on
+                    images.append(image_id)
                 removed += 1
             except FileNotFoundError:
                 pass
         tmp_freed = store.clear_tmp()
         _drop_stale_diff_ids(store)
         cache_freed = _clear_dir(store.root / CACHE_MOUNTS) if cache_mounts else 0
-    return PruneReport(removed, freed, tmp_freed, cache_freed)
+    return PruneReport(removed, freed, tmp_freed, cache_freed, tuple(sorted(set(images))))
+
+
+_MANIFEST_MAX = 4 << 20
+
+
+def _image_id(path: Path, size: int) -> str | None:
+    """The image ID when the blob at `path` is an image manifest (what docker's image prune
+    reports as deleted); None for anything else."""
+    if size > _MANIFEST_MAX:
+        return None
+    try:
+        with open(path, "rb") as f:
+            if f.read(1) != b"{":
+                return None
+            obj = json.loads(b"{" + f.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict) or obj.get("mediaType") not in MANIFESTS | {None}:
+        return None
+    config, layers = obj.get("config"), obj.get("layers")
+    if not isinstance(config, dict) or not isinstance(layers, list) or config.get("mediaType") not in CONFIGS:
+        return None
+    digest = config.get("digest")
+    return digest if isinstance(digest, str) else None
+
+
+def untag_unused(store: Store, keep: Iterable[Descriptor] = ()) -> list[str]:
+    """`docker image prune -a`: remove every ref except those naming an image in `keep` (what
+    containers use); returns the names removed. The blobs go at the next `prune`."""
+    kept = {d.digest for d in keep}
+    removed = []
+    for name, desc in sorted(store.refs().items()):
+        if desc.digest not in kept and store.delete_ref(name) is not None:
+            removed.append(name)
+    return removed
 
 
 def _mark(store: Store, keep: list[Descriptor] | None = None) -> set[str]:

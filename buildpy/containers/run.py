@@ -4,6 +4,10 @@ working dir and user, in the sandbox, on an overlay whose upper dir is the conta
 mounts; limits are a cgroup the sandbox's first process joins before anything runs; `-t` a pty;
 the network as `network.py` says. The exit status is the process's (137 when the memory limit
 killed it, as docker).
+
+`plan` (image + options → process, mounts, ports, limits), `record` and `sandbox_for` (overlay,
+cgroup, network around one sandbox run) are shared with supervisor.py, which runs the Engine
+API's containers in threads of `buildpy serve`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +45,16 @@ class RunOptions:
     memory: str = ""
     cpus: float | None = None
     pids_limit: int | None = None
-    entrypoint: str | None = None
+    entrypoint: str | tuple[str, ...] | None = None  # a tuple: the Engine API's list
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
-def image_for(store: Store, text: str, clients: object = None) -> Image:
-    """The image `text` names: from the store, else pulled (as `docker run` pulls it)."""
+class NoSuchImage(ContainerError):
+    """The image is not in the store (the API answers 404; `run` pulls it)."""
+
+
+def local_image(store: Store, text: str) -> Image:
+    """The image `text` names, from the store only."""
     from buildpy.cas.reference import InvalidReference, resolve
     from buildpy.cas.store import StoreError
 
@@ -55,19 +63,43 @@ def image_for(store: Store, text: str, clients: object = None) -> Image:
     except InvalidReference as e:
         raise ContainerError(f"invalid image name {text!r}: {e}") from None
     except StoreError:
+        raise NoSuchImage(f"No such image: {text}") from None
+
+
+def image_for(store: Store, text: str, clients: object = None) -> Image:
+    """The image `text` names: from the store, else pulled (as `docker run` pulls it)."""
+    try:
+        return local_image(store, text)
+    except NoSuchImage:
         from buildpy.registry.clients import Clients
         from buildpy.registry.pull import pull
 
         return pull(store, text, clients if isinstance(clients, Clients) else Clients())[1]
 
 
+def image_of(store: Store, container: Container) -> Image:
+    """The image a container was created on (its manifest, whatever its name points at now)."""
+    from buildpy.cas.image import load_image
+    from buildpy.cas.media import Descriptor
+
+    return load_image(store, Descriptor.from_json(_manifest_of(store, container)))
+
+
 def process_of(image: Image, opts: RunOptions) -> tuple[tuple[str, ...], tuple[str, ...], str, str]:
-    """(argv, env, cwd, user) as docker derives them from the config and the flags."""
+    """(argv, env, cwd, user) as docker derives them from the config and the flags. An
+    `entrypoint` string is the CLI's (`--entrypoint X`: the image's CMD is dropped); a tuple is
+    the Engine API's (empty: none, and the image's CMD is used when no command is given)."""
     cfg = image.config.get("config") or {}
     entrypoint = list(cfg.get("Entrypoint") or [])
-    if opts.entrypoint is not None:
+    if isinstance(opts.entrypoint, tuple):
+        entrypoint = list(opts.entrypoint)
+        image_cmd = list(cfg.get("Cmd") or []) if not entrypoint else []
+    elif opts.entrypoint is not None:
         entrypoint = [opts.entrypoint] if opts.entrypoint else []
-    cmd = list(opts.command) if opts.command else (list(cfg.get("Cmd") or []) if opts.entrypoint is None else [])
+        image_cmd = []
+    else:
+        image_cmd = list(cfg.get("Cmd") or [])
+    cmd = list(opts.command) if opts.command else image_cmd
     argv = tuple(entrypoint + cmd)
     if not argv:
         raise ContainerError(f"no command: the image {opts.image} has no ENTRYPOINT or CMD; give one")
@@ -112,19 +144,32 @@ def parse_volume(store: Store, text: str) -> tuple[str, Path, bool, str]:
     return os.path.normpath(target), volumes.ensure(store, source), mode == "ro", f"volume:{source}"
 
 
-def run(store: Store, opts: RunOptions, clients: object = None) -> int:
-    from buildpy.sandbox import snapshots
-    from buildpy.sandbox.run import run as sandbox_run
-    from buildpy.sandbox.spec import Mount, Process, SandboxSpec
-    from buildpy.sandbox.step import overlay_on
+@dataclass(frozen=True)
+class Plan:
+    """What a container will run, checked before its record exists: the process, the mounts,
+    the ports and the limits. `run` and the API's supervisor both start containers from one."""
 
-    image = image_for(store, opts.image, clients)
+    image: Image
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    cwd: str
+    user: str
+    mounts: tuple  # of sandbox.spec.Mount
+    mounted: tuple[str, ...]  # "volume:NAME" | "bind:PATH", in the record (volume rm checks it)
+    ports: tuple[netlib.Port, ...]
+    limits: object = None  # sandbox.cgroups.Limits, or None: no cgroup
+
+
+def plan(store: Store, opts: RunOptions, image: Image) -> Plan:
+    """Everything `opts` asks of `image`, checked; named volumes are made here (as docker)."""
+    from buildpy.sandbox.spec import Mount
+
     argv, env, cwd, user = process_of(image, opts)
     ports = [netlib.parse_port(p) for p in opts.ports]
     netlib.check(opts.network, ports)
-    limited = bool(opts.memory) or opts.cpus is not None or opts.pids_limit is not None
-    if limited:
-        from buildpy.sandbox.cgroups import Cgroup, Limits, available, parse_memory
+    limits = None
+    if opts.memory or opts.cpus is not None or opts.pids_limit is not None:
+        from buildpy.sandbox.cgroups import Limits, available, parse_memory
 
         try:
             memory = parse_memory(opts.memory) if opts.memory else None
@@ -143,30 +188,63 @@ def run(store: Store, opts: RunOptions, clients: object = None) -> int:
         target, host, readonly, what = parse_volume(store, text)
         mounts.append(Mount(target, "bind", host, readonly))
         mounted.append(what)
-    container = state.create(
-        store, opts.name, image=opts.image, image_digest=image.digest, command=argv, created=time.time(),
-        mounts=tuple(m.target for m in mounts), network=opts.network, ports=tuple(str(p) for p in ports),
-        extra={"volumes": mounted, "layers": [d.to_json() for d in image.layers], "diff_ids": image.diff_ids},
+    return Plan(image, argv, env, cwd, user, tuple(mounts), tuple(mounted), tuple(ports), limits)
+
+
+def record(store: Store, opts: RunOptions, p: Plan, extra: Mapping[str, object] | None = None,
+           status: str = "created") -> Container:
+    """The container's record (its name checked and taken), status `created`."""
+    return state.create(
+        store, opts.name, image=opts.image, image_digest=p.image.digest, command=p.argv, created=time.time(),
+        mounts=tuple(m.target for m in p.mounts), network=opts.network, ports=tuple(str(x) for x in p.ports),
+        status=status,
+        extra={"volumes": list(p.mounted), "layers": [d.to_json() for d in p.image.layers],
+               "diff_ids": p.image.diff_ids, **(extra or {})},
     )
+
+
+@dataclass
+class Box:
+    """A container's sandbox, ready to run: `spec` for `sandbox.run`, `on_start` for its hook,
+    `limits` what `ps` shows; `oom_killed()` after the run."""
+
+    spec: object  # sandbox.spec.SandboxSpec
+    on_start: Callable[[int], None]
+    limits: str
+    cgroup: object = None
+
+    def oom_killed(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_killed()
+
+
+@contextlib.contextmanager
+def sandbox_for(store: Store, container: Container, p: Plan, opts: RunOptions) -> Iterator[Box]:
+    """The container's root (an overlay on its image's layers, its upper dir kept), its cgroup
+    and network for the length of the block; all released after it."""
+    from buildpy.sandbox import snapshots
+    from buildpy.sandbox.spec import Process, SandboxSpec
+    from buildpy.sandbox.step import overlay_on
+
     cgroup = None
     uplink = None
-    code = 125
     try:
-        with _terminable(), store.lease(), snapshots.use(store, image.layers, image.diff_ids) as lowers:
+        with store.lease(), snapshots.use(store, p.image.layers, p.image.diff_ids) as lowers:
             cdir = state.directory(store, container)
             overlay = dataclasses.replace(overlay_on(tuple(lowers), cdir), volatile=False)
             rootfs = cdir / "rootfs"
             rootfs.mkdir(exist_ok=True)
             spec = SandboxSpec(
-                rootfs=rootfs, overlay=overlay, mounts=tuple(mounts),
-                process=Process(args=argv, env=env, cwd=cwd, user=user, terminal=opts.tty),
+                rootfs=rootfs, overlay=overlay, mounts=p.mounts,
+                process=Process(args=p.argv, env=p.env, cwd=p.cwd, user=p.user, terminal=opts.tty),
                 network="host" if opts.network == "host" else "none",
                 hostname=opts.hostname or container.short_id,
             )
-            if limited:
-                cgroup = Cgroup.create(container.short_id, limits)
+            if p.limits is not None:
+                from buildpy.sandbox.cgroups import Cgroup
+
+                cgroup = Cgroup.create(container.short_id, p.limits)
             if opts.network == "private" and netlib.uplink_available():
-                uplink = netlib.Uplink(ports)
+                uplink = netlib.Uplink(list(p.ports))
 
             def on_start(pid: int) -> None:
                 if cgroup is not None:
@@ -174,19 +252,32 @@ def run(store: Store, opts: RunOptions, clients: object = None) -> int:
                 if uplink is not None:
                     uplink.attach(pid)
 
-            container = dataclasses.replace(container, status="running", pid=os.getpid(),
-                                            limits=cgroup.describe() if cgroup is not None else "")
-            state.save(store, container)
-            code = _attached(sandbox_run, spec, opts, on_start)
-            if cgroup is not None and cgroup.oom_killed():
-                code = 137
-    except _Terminated as e:
-        code = 128 + e.signum
+            yield Box(spec, on_start, cgroup.describe() if cgroup is not None else "", cgroup)
     finally:
         if uplink is not None:
             uplink.close()
         if cgroup is not None:
             cgroup.remove()
+
+
+def run(store: Store, opts: RunOptions, clients: object = None) -> int:
+    from buildpy.sandbox.run import run as sandbox_run
+
+    image = image_for(store, opts.image, clients)
+    p = plan(store, opts, image)
+    container = record(store, opts, p)
+    code = 125
+    try:
+        with _terminable(), sandbox_for(store, container, p, opts) as box:
+            container = dataclasses.replace(container, status="running", pid=os.getpid(), limits=box.limits,
+                                            started=time.time())
+            state.save(store, container)
+            code = _attached(sandbox_run, box.spec, opts, box.on_start)
+            if box.oom_killed():
+                code = 137
+    except _Terminated as e:
+        code = 128 + e.signum
+    finally:
         container = dataclasses.replace(container, status="exited", exit_code=code, finished=time.time())
         if opts.remove:
             state.remove(store, container, force=True)

@@ -1,6 +1,7 @@
 """Containers on disk: `ROOT/containers/<id>/` holds `container.json` (what it runs, on which
 image, its status and exit code, its limits and mounts) and its overlay's `upper/` (the
-container's change, kept after its process ends unless `--rm`, read by `commit`). Names are
+container's change, kept after its process ends unless `--rm`, read by `commit`). Containers of `buildpy serve` also keep their
+output there (`log.jsonl`, supervisor.py's). Names are
 unique in a store; a container is named by its name, its ID or an unambiguous ID prefix.
 """
 
@@ -26,6 +27,14 @@ class ContainerError(Exception):
     user_facing = True
 
 
+class NoSuchContainer(ContainerError):
+    """No container has that name, ID or ID prefix (the API answers 404)."""
+
+
+class Conflict(ContainerError):
+    """What is asked clashes with a container's state or name (the API answers 409)."""
+
+
 @dataclass(frozen=True)
 class Container:
     id: str
@@ -42,6 +51,8 @@ class Container:
     network: str = "private"
     ports: tuple[str, ...] = ()
     finished: float | None = None
+    started: float | None = None
+    error: str = ""  # why the sandbox could not run it, when it could not
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,11 +113,12 @@ def _alive(pid: int) -> bool:
 
 
 def find(store: Store, text: str) -> Container:
+    text = text.removeprefix("/")  # the Engine API's names are "/NAME"
     found = [c for c in all_containers(store) if text in (c.name, c.id)]
     if not found and len(text) >= 3:
         found = [c for c in all_containers(store) if c.id.startswith(text)]
     if not found:
-        raise ContainerError(f"no container {text}")
+        raise NoSuchContainer(f"no container {text}")
     if len(found) > 1:
         raise ContainerError(f"container ID prefix {text!r} is ambiguous: it matches {len(found)} containers")
     return found[0]
@@ -120,7 +132,7 @@ def create(store: Store, name: str, **fields: Any) -> Container:
             if not _valid_name(name):
                 raise ContainerError(f"invalid container name {name!r}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
             if name in taken:
-                raise ContainerError(f"the container name {name!r} is already in use; `buildpy rm {name}` first")
+                raise Conflict(f"the container name {name!r} is already in use; `buildpy rm {name}` first")
         else:
             name = _random_name(taken)
         container = Container(id=secrets.token_hex(32), name=name, **fields)

@@ -2,7 +2,8 @@
 reads is ready (its stage's previous step; the stages it copies or mounts from), at most
 `jobs` steps working at once. A step whose key has a cache record is reused without running;
 the others run (RUN in the sandbox, COPY/ADD and WORKDIR written as layers directly) and are
-recorded. The first failure stops the build: other stages stop at their next step.
+recorded. The first failure stops the build: other stages stop at their next step. A cancel
+token (`options.cancel`, cancel.py) stops it the same way and kills the RUN steps running.
 
 The target's image is written to the store (not tagged: the caller names it). History entries
 carry the time their layer was first made (or SOURCE_DATE_EPOCH), so a rebuild that reuses
@@ -179,6 +180,7 @@ class _Execution:
         if base.kind == "context":
             self._context_base(stage, state, no_cache)
         for step in stage.steps:
+            self._check_cancel()
             if self.failed.is_set():
                 raise _Cancelled()
             if step.op == "meta":
@@ -257,8 +259,13 @@ class _Execution:
             entry["empty_layer"] = True
         return entry
 
+    def _check_cancel(self) -> None:
+        if self.options.cancel is not None:
+            self.options.cancel.check()
+
     def _run_step(self, step: Step, state: StageState) -> CacheRecord:
         with self.run_jobs if step.op == "run" else self.jobs:
+            self._check_cancel()
             if self.failed.is_set():
                 raise _Cancelled()
             started = time.monotonic()
@@ -269,9 +276,11 @@ class _Execution:
             except _Cancelled:
                 raise
             except BuildError as e:
+                self._check_cancel()  # a step killed by the cancel fails for that reason, not its own
                 self.progress.failed(step, str(e))
                 raise
             except Exception as e:
+                self._check_cancel()
                 if getattr(e, "user_facing", False):
                     self.progress.failed(step, str(e))
                     raise BuildError(f"{step.where}: {step.instruction.text.splitlines()[0]}: {e}") from None

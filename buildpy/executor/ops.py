@@ -94,6 +94,7 @@ def _run(ex: _Execution, step: Step, state: StageState) -> Layer | None:
         source_date_epoch=ex.plan.source_date_epoch,
         rootfs_mode=ex.options.rootfs_mode,  # type: ignore[arg-type]
         allow=ex.options.allow,
+        cancel_fd=ex.options.cancel.fileno() if ex.options.cancel is not None else None,
     )
     if result.exit_code != 0:
         tail = ex.progress.tail(step)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from buildpy.cas.buildcache import CacheRecord
     from buildpy.cas.image import Image
+    from buildpy.executor.cancel import Cancel
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class BuildOptions:
     allow: frozenset[str] = frozenset()
     hostname: str = "buildpy"
     rootfs_mode: str = "auto"
+    cancel: Cancel | None = field(default=None, compare=False)  # stops the build from outside (cancel.py)
 
 
 @dataclass(frozen=True)

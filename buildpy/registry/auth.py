@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildpy.registry.settings import DOCKER_HUB, DOCKER_HUB_API, RegistryError
+from buildpy.registry.settings import DOCKER_HUB, DOCKER_HUB_API, RegistryError, Settings
 
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 
@@ -71,6 +71,27 @@ def parse_challenges(header: str) -> list[Challenge]:
         out.append(Challenge(scheme, params))
         text = text.lstrip(", ")
     return out
+
+
+def registry_domain(text: str) -> str:
+    """The registry a login names, as `docker login` takes it: a host, a URL (scheme and path
+    dropped), or nothing (Docker Hub)."""
+    text = text.strip()
+    for prefix in ("https://", "http://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    text = text.split("/", 1)[0]
+    if not text or text in ("index.docker.io", "registry-1.docker.io"):
+        return DOCKER_HUB
+    return text
+
+
+def check(domain: str, creds: Credentials, settings: Settings) -> None:
+    """Does the registry accept these credentials? (GET /v2/ with them, as docker login asks);
+    raises AuthError when it refuses them, RegistryError when it cannot be asked."""
+    from buildpy.registry.client import Client  # the HTTP client only when a login happens
+
+    Client(domain, settings, creds).ping()
 
 
 def config_dir(environ: Mapping[str, str] | None = None) -> Path:

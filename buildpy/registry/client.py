@@ -20,7 +20,7 @@ from buildpy.cas.store import Store
 from buildpy.registry import auth
 from buildpy.registry.auth import Challenge, Credentials
 from buildpy.registry.blobsource import Progress, _no_progress
-from buildpy.registry.settings import RegistryError, Settings, api_host
+from buildpy.registry.settings import AuthError, NotFound, RegistryError, Settings, api_host
 from buildpy.registry.transport import Response, Transport
 
 MANIFEST_MAX = 4 << 20  # containerd's bound on a manifest or index
@@ -87,9 +87,9 @@ class Client:
             if follow and r.status in (301, 302, 303, 307, 308):
                 return self._follow(r, what, ok, scope)
             if r.status not in ok:
-                raise RegistryError(f"{what}: {describe(r)}{self._login_hint(r.status)}")
+                raise _refused(r.status)(f"{what}: {describe(r)}{self._login_hint(r.status)}")
             return r
-        raise RegistryError(f"{what}: {describe(r)}{self._login_hint(r.status)}")  # 401 again
+        raise AuthError(f"{what}: {describe(r)}{self._login_hint(r.status)}")  # 401 again
 
     def _login_hint(self, status: int) -> str:
         if status in (401, 403) and self._creds().anonymous:
@@ -140,7 +140,7 @@ class Client:
         if challenge.scheme == "basic":
             creds = self._creds()
             if creds.anonymous:
-                raise RegistryError(f"{self.host}: authentication required; run `buildpy login {self.domain}`")
+                raise AuthError(f"{self.host}: authentication required; run `buildpy login {self.domain}`")
             return creds.basic()
         token = self._cached_token(scope)
         if token is None:
@@ -184,7 +184,7 @@ class Client:
             r = self.transport.request("GET", url, headers=headers, what=f"token from {_origin(realm)}")
         if r.status != 200:
             hint = "; check `buildpy login`" if r.status in (401, 403) else ""
-            raise RegistryError(f"token from {_origin(realm)}: {describe(r)}{hint}")
+            raise _refused(r.status)(f"token from {_origin(realm)}: {describe(r)}{hint}")
         try:
             obj = json.loads(r.read(TOKEN_MAX))
             token = obj.get("token") or obj.get("access_token")
@@ -412,6 +412,11 @@ class _CountingReader:
         if data:
             self._report(self._done)
         return data
+
+
+def _refused(status: int) -> type[RegistryError]:
+    """The error for a refusal: AuthError when the registry refused who we are, NotFound for 404."""
+    return AuthError if status in (401, 403) else NotFound if status == 404 else RegistryError
 
 
 def pull_scope(repo: str) -> str:

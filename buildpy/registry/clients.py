@@ -5,17 +5,24 @@ never imports the HTTP client."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from buildpy.registry.settings import Settings
 
 if TYPE_CHECKING:
+    from buildpy.registry.auth import Credentials
     from buildpy.registry.client import Client
 
 
 class Clients:
-    def __init__(self, settings: Settings | None = None) -> None:
+    """`credentials`: for these domains, these credentials (the Engine API's X-Registry-Auth)
+    instead of the ones docker's config.json keeps."""
+
+    def __init__(self, settings: Settings | None = None,
+                 credentials: Mapping[str, Credentials] | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        self._credentials = dict(credentials or {})
         self._clients: dict[str, Client] = {}
         self._lock = threading.Lock()
 
@@ -24,5 +31,5 @@ class Clients:
 
         with self._lock:
             if domain not in self._clients:
-                self._clients[domain] = Client(domain, self.settings)
+                self._clients[domain] = Client(domain, self.settings, self._credentials.get(domain))
             return self._clients[domain]

@@ -9,7 +9,7 @@ stay in the registry until a step needs them (`BlobSource`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from buildpy.cas.image import Image, check_manifest, select_manifest
@@ -34,6 +34,24 @@ class Resolved:
     image: Image
     client: Client
     repo: str
+    digest: str = ""  # what the reference named: the index's digest, or the manifest's
+
+    @property
+    def name(self) -> str:
+        """The ref a pull tags: the reference as given, `:latest` when it names no tag."""
+        ref = self.reference
+        return ref.name if ref.digest else (ref.with_tag(ref.tag).name if ref.tag else ref.with_tag("latest").name)
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """What a pull did: the ref it set, the image, and whether the ref named another image (or
+    nothing) before — docker's "Downloaded newer image" against "Image is up to date"."""
+
+    name: str
+    image: Image
+    digest: str
+    updated: bool
 
 
 def resolve(store: Store, text: str, clients: Clients, platform: str | None = None) -> Resolved:
@@ -42,6 +60,7 @@ def resolve(store: Store, text: str, clients: Clients, platform: str | None = No
     client = clients.get(ref.domain)
     repo = ref.path
     desc, data = client.get_manifest(repo, ref.digest or ref.tag or "latest")
+    named = desc.digest
     depth = 0
     while desc.media_type in INDEXES:
         depth += 1
@@ -73,7 +92,7 @@ def resolve(store: Store, text: str, clients: Clients, platform: str | None = No
         raise RegistryError(f"{text}: config {config_desc.digest}: {e}") from None
     store.put_bytes(data, desc.digest)
     origins.remember(store, [config_desc.digest, desc.digest], ref.domain, repo)
-    return Resolved(ref, Image(desc, manifest, config_desc, config), client, repo)
+    return Resolved(ref, Image(desc, manifest, config_desc, config), client, repo, named)
 
 
 def fetch(store: Store, client: Client, repo: str, descs: Iterable[Descriptor], progress: Progress = _no_progress,
@@ -90,10 +109,23 @@ def fetch(store: Store, client: Client, repo: str, descs: Iterable[Descriptor], 
 def pull(store: Store, text: str, clients: Clients, platform: str | None = None,
          progress: Progress = _no_progress) -> tuple[str, Image]:
     """`buildpy pull`: the image with all its layers, then the ref; returns (ref name, image)."""
+    pulled = pull_image(store, text, clients, platform, progress)
+    return pulled.name, pulled.image
+
+
+def pull_image(store: Store, text: str, clients: Clients, platform: str | None = None,
+               progress: Progress = _no_progress,
+               on_resolved: Callable[[Resolved], None] | None = None) -> Pulled:
+    """As `pull`, telling more; `on_resolved` is called once the manifest and config are in,
+    before any layer is fetched (the Engine API starts its progress stream there, so a missing
+    image is still an HTTP error)."""
     with store.lease():
         resolved = resolve(store, text, clients, platform)
+        if on_resolved is not None:
+            on_resolved(resolved)
         fetch(store, resolved.client, resolved.repo, resolved.image.layers, progress)
-        ref = resolved.reference
-        name = ref.name if ref.digest else (ref.with_tag(ref.tag).name if ref.tag else ref.with_tag("latest").name)
+        name = resolved.name
+        before = store.get_ref(name)
         store.set_ref(name, resolved.image.manifest_descriptor)
-    return name, resolved.image
+    updated = before is None or before.digest != resolved.image.manifest_descriptor.digest
+    return Pulled(name, resolved.image, resolved.digest or resolved.image.digest, updated)

@@ -21,6 +21,14 @@ class RegistryError(Exception):
     user_facing = True
 
 
+class AuthError(RegistryError):
+    """The registry refused our credentials (or the lack of them): 401 or 403."""
+
+
+class NotFound(RegistryError):
+    """The registry has no such repository, manifest or blob: 404."""
+
+
 def api_host(domain: str) -> str:
     """The host to talk to for a reference's domain (Docker Hub's API lives elsewhere)."""
     return DOCKER_HUB_API if domain in (DOCKER_HUB, "index.docker.io") else domain

@@ -72,15 +72,23 @@ class SandboxTimeout(SandboxError):
         super().__init__(f"step timed out after {seconds:g} s", user_facing=True)
 
 
+class SandboxCancelled(SandboxError):
+    """`cancel_fd` turned readable: the step was killed (the caller says why)."""
+
+    def __init__(self) -> None:
+        super().__init__("the step was cancelled", user_facing=True)
+
+
 def run(spec: SandboxSpec, *, stdout: Output | None = None, stderr: Output | None = None,
         stdin: int | IO[bytes] | None = None, stdio: tuple[int, int, int] | None = None,
-        on_start: Callable[[int], None] | None = None) -> int:
+        on_start: Callable[[int], None] | None = None, cancel_fd: int | None = None) -> int:
     """Run `spec.process` in a sandbox; its exit status. stdout/stderr: called with each line
     (bytes, newline included) as it comes; None lets the step write to this process's own fds.
     stdin: a file or fd to read from; None is /dev/null. `stdio`: three fds for the process
     instead (a pty's, with `Process.terminal`). `on_start(pid)`: called once the sandbox's
     namespaces exist and before anything runs in them (to put the pid in a cgroup, to attach
-    a network), with the pid of the process that owns them."""
+    a network), with the pid of the process that owns them. `cancel_fd`: once readable, the
+    sandbox is killed and SandboxCancelled raised."""
     _validate(spec)
     maps = _idmaps()
     bpf = b""
@@ -89,7 +97,7 @@ def run(spec: SandboxSpec, *, stdout: Output | None = None, stderr: Output | Non
 
         bpf = seccomp_bpf()
     wire = _wire(spec, maps, bpf, _cache_dir())
-    return _supervise(spec, wire, maps, stdout, stderr, stdin, stdio, on_start)
+    return _supervise(spec, wire, maps, stdout, stderr, stdin, stdio, on_start, cancel_fd)
 
 
 def _validate(spec: SandboxSpec) -> None:
@@ -243,7 +251,7 @@ def _wire(spec: SandboxSpec, maps: idmap.IdMaps, bpf: bytes, cache: str) -> dict
 
 def _supervise(spec: SandboxSpec, wire: dict, maps: idmap.IdMaps, stdout: Output | None,
                stderr: Output | None, stdin: int | IO[bytes] | None, given: tuple[int, int, int] | None = None,
-               on_start: Callable[[int], None] | None = None) -> int:
+               on_start: Callable[[int], None] | None = None, cancel_fd: int | None = None) -> int:
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pipes: list[tuple[int, Output]] = []  # (read end, callback)
     child: forkserver.Child | None = None
@@ -274,7 +282,7 @@ def _supervise(spec: SandboxSpec, wire: dict, maps: idmap.IdMaps, stdout: Output
                 os.close(fd)
         data = marshal.dumps(wire)
         parent_sock.sendall(len(data).to_bytes(4, "little") + data)
-        error, code = _loop(spec, child, parent_sock, maps, pipes, on_start)
+        error, code = _loop(spec, child, parent_sock, maps, pipes, on_start, cancel_fd)
         # The child reports last, just before exiting: wait for it to be gone.
         if not child.wait(_KILL_GRACE):
             child.kill()
@@ -309,8 +317,8 @@ def _kill(child: forkserver.Child, sock: socket.socket) -> None:
 
 
 def _loop(spec: SandboxSpec, child: forkserver.Child, sock: socket.socket, maps: idmap.IdMaps,
-          pipes: list[tuple[int, Output]], on_start: Callable[[int], None] | None = None
-          ) -> tuple[dict | None, int | None]:
+          pipes: list[tuple[int, Output]], on_start: Callable[[int], None] | None = None,
+          cancel_fd: int | None = None) -> tuple[dict | None, int | None]:
     """Stream output, answer the child, until every fd is closed; (first error, exit status)."""
     deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
     sel = selectors.DefaultSelector()
@@ -321,11 +329,14 @@ def _loop(spec: SandboxSpec, child: forkserver.Child, sock: socket.socket, maps:
         buffers[fd] = bytearray()
         outputs[fd] = cb
     sel.register(sock.fileno(), selectors.EVENT_READ)
+    if cancel_fd is not None:
+        sel.register(cancel_fd, selectors.EVENT_READ)
     inbox = bytearray()
     error: dict | None = None
     code: int | None = None
+    watched = 0 if cancel_fd is None else 1  # the cancel fd never closes: not a stream to wait for
     try:
-        while sel.get_map():
+        while len(sel.get_map()) > watched:
             timeout = None
             if deadline is not None:
                 timeout = deadline - time.monotonic()
@@ -333,6 +344,8 @@ def _loop(spec: SandboxSpec, child: forkserver.Child, sock: socket.socket, maps:
                     raise SandboxTimeout(spec.timeout or 0)
             for key, _ in sel.select(timeout):
                 fd = key.fd
+                if fd == cancel_fd:
+                    raise SandboxCancelled()  # _supervise kills the namespace on the way out
                 chunk = os.read(fd, 1 << 16)
                 if fd == sock.fileno():
                     if not chunk:

@@ -89,12 +89,14 @@ def run_step(
     rootfs_mode: RootfsMode = "auto",
     unpacker: snapshots.Unpacker | None = None,
     allow: Collection[str] = (),
+    cancel_fd: int | None = None,
 ) -> StepResult:
     """Run `process` on the image whose layers (base first) and diffIDs are given; its change
     becomes a layer in the store (`compression`: "gzip", "zstd" or ""). rootfs_mode: "auto"
     uses overlayfs where it can be mounted (else the copy; env BUILDPY_NO_OVERLAY=1 forces it),
     "overlay" and "copy" force one. `allow`: the build's entitlements, as BuildKit's `--allow`:
-    `security.insecure` for `insecure`, `network.host` for network "host"."""
+    `security.insecure` for `insecure`, `network.host` for network "host". `cancel_fd`: once
+    readable, the process is killed and run.SandboxCancelled raised (nothing is stored)."""
     check_entitlements(insecure=insecure, network=network, allow=allow)
     from buildpy.sandbox import idmap
     from buildpy.sandbox.run import run  # lazily: the process side
@@ -134,7 +136,7 @@ def run_step(
                     insecure=insecure,
                     timeout=timeout,
                 )
-                code = run(spec, stdout=stdout, stderr=stderr)
+                code = run(spec, stdout=stdout, stderr=stderr, cancel_fd=cancel_fd)
                 if code != 0:
                     return StepResult(code, None, False)
             job = {
