@@ -654,18 +654,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from buildpy.cas.gc import prune
     from buildpy.containers import display
-    from buildpy.containers.state import image_roots
-    from buildpy.sandbox import snapshots
+    from buildpy.containers.prune import prune
 
-    store = _store(args)
-    report = prune(store, cache_mounts=args.cache_mounts, keep=image_roots(store))
-    snapshots_removed, snapshots_freed = snapshots.prune(store)
-    print(f"Deleted blobs: {report.blobs_removed}")
-    if snapshots_removed:
-        print(f"Deleted layer snapshots: {snapshots_removed}")
-    print(f"Total reclaimed space: {display.human_size(report.total_freed + snapshots_freed, 4)}")
+    pruned = prune(_store(args), cache_mounts=args.cache_mounts)
+    print(f"Deleted blobs: {pruned.blobs_removed}")
+    if pruned.snapshots_removed:
+        print(f"Deleted layer snapshots: {pruned.snapshots_removed}")
+    print(f"Total reclaimed space: {display.human_size(pruned.bytes_freed, 4)}")
     return 0
 
 

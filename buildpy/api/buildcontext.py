@@ -1,6 +1,6 @@
-"""The build context of a POST /build: a tar (plain, gzip, bzip2 or xz), every entry checked
-before it is written (no path outside the context, nothing written through a symlink, no hard
-link to anything but an earlier file, no device nodes), unpacked into a directory.
+"""The build context of a POST /build: a tar (plain, gzip, bzip2 or xz) unpacked into a
+directory as every tar context is (`planner/contexttar.py`: each entry checked before it is
+written).
 
 The directory is kept, named by the digest of the bytes sent, for the next build of the same
 tar: `docker build` of an unchanged directory sends the same bytes (the CLI truncates times to
@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import posixpath
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,11 +26,6 @@ from buildpy.cas.store import Store
 DIR = "api-contexts"
 KEEP = 8
 KEEP_MAX = 256 << 20
-
-
-class UnsafeEntry(Exception):
-    """An entry of the context tar that would write outside the context, or something no
-    context holds."""
 
 
 @contextlib.contextmanager
@@ -79,68 +72,20 @@ def received(store: Store, body: Iterable[bytes]) -> Iterator[Path]:
 
 
 def unpack(spool: IO[bytes], size: int, directory: Path) -> None:
-    """Unpack the tar in `spool` into `directory` (made first); ApiError 400 for an archive
-    that is not one or holds an unsafe entry. Modes and times as the tar has them; owners are
-    not applied (COPY sets its own)."""
+    """The tar in `spool` unpacked into `directory` as any tar context is; 400 for an archive
+    that is not one or holds an unsafe entry."""
+    from buildpy.planner.contexttar import ContextTarError, UnsafeEntry
+    from buildpy.planner.contexttar import unpack as unpack_tar
+
     directory.mkdir(parents=True, exist_ok=True)
     if not size:
         return
-    check = _EntryCheck(directory)
     try:
-        with tarfile.open(fileobj=spool, mode="r:*") as tar:
-            tar.extractall(directory, filter=check)
+        unpack_tar(spool, directory)
     except UnsafeEntry as e:
         raise ApiError(400, f"the build context is refused: {e}") from None
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise ApiError(400, f"the build context is not a valid tar archive: {e}") from None
-
-
-class _EntryCheck:
-    """tarfile's extraction filter: each entry checked against those before it."""
-
-    _KINDS = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
-              tarfile.LNKTYPE, tarfile.GNUTYPE_SPARSE}
-
-    def __init__(self, root: Path) -> None:
-        self.root = os.path.realpath(root)
-        self.symlinks: set[str] = set()
-        self.files: set[str] = set()
-
-    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-        name = self._relative(member.name, member.name)
-        if name is None:  # the context's own directory ("./")
-            return None
-        if member.type not in self._KINDS:
-            kind = "a device node" if member.ischr() or member.isblk() else "a special file"
-            raise UnsafeEntry(f"{member.name} is {kind}")
-        parts = name.split("/")
-        for i in range(1, len(parts) + 1):
-            if "/".join(parts[:i]) in self.symlinks:
-                what = "replaces" if i == len(parts) else "goes through"
-                raise UnsafeEntry(f"{member.name} {what} the symlink {'/'.join(parts[:i])}")
-        # as a second line: where the entry would land, symlinks on disk resolved
-        landing = os.path.realpath(os.path.join(self.root, name))
-        if os.path.commonpath([landing, self.root]) != self.root:
-            raise UnsafeEntry(f"{member.name} would be written outside the context")
-        if member.islnk():
-            target = self._relative(member.linkname, member.name)
-            if target is None or target not in self.files:
-                raise UnsafeEntry(f"{member.name} is a hard link to {member.linkname}, not to a file before it")
-            member = member.replace(linkname=target, deep=False)
-        if member.issym():
-            self.symlinks.add(name)
-        elif member.isreg() or member.islnk():
-            self.files.add(name)
-        return member.replace(name=name, uid=None, gid=None, uname=None, gname=None, deep=False)
-
-    @staticmethod
-    def _relative(path: str, entry: str) -> str | None:
-        if path.startswith("/"):
-            raise UnsafeEntry(f"{entry} has an absolute path: {path}")
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            raise UnsafeEntry(f"{entry} leaves the context: {path}")
-        return posixpath.join(*parts) if parts else None
+    except ContextTarError as e:
+        raise ApiError(400, f"the build context is {e}") from None
 
 
 # --- the kept directories -------------------------------------------------------------------

@@ -441,20 +441,14 @@ def _dangling_only(q: Query) -> bool:
 
 
 def prune(store: Store, dangling_only: bool) -> dict[str, Any]:
-    """`buildpy prune` (what no tag reaches, keeping what containers use); without
-    `dangling_only` (docker image prune -a) every image no container uses is untagged first."""
-    from buildpy.cas.gc import prune as gc_prune
-    from buildpy.cas.gc import untag_unused
-    from buildpy.containers.state import image_roots
-    from buildpy.sandbox import snapshots
+    """`buildpy prune`; without `dangling_only` (docker image prune -a) every image no
+    container uses is untagged first."""
+    from buildpy.containers.prune import prune as prune_store
 
-    deleted: list[dict[str, str]] = []
-    if not dangling_only:
-        deleted += [{"Untagged": _familiar(n)} for n in untag_unused(store, image_roots(store))]
-    report = gc_prune(store, keep=image_roots(store))
-    _, snapshots_freed = snapshots.prune(store)
-    deleted += [{"Deleted": image_id} for image_id in report.images_removed]
-    return {"ImagesDeleted": deleted or None, "SpaceReclaimed": report.total_freed + snapshots_freed}
+    pruned = prune_store(store, all_unused=not dangling_only)
+    deleted = [{"Untagged": _familiar(n)} for n in pruned.untagged]
+    deleted += [{"Deleted": image_id} for image_id in pruned.images_removed]
+    return {"ImagesDeleted": deleted or None, "SpaceReclaimed": pruned.bytes_freed}
 
 
 @route("POST", r"/images/prune")

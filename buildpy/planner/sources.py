@@ -6,8 +6,8 @@ http(s) tarball URL (or a plain Dockerfile there).
 A git context is checked out once per commit under `ROOT/sources/git/<url>/<commit>/`
 (the system `git`: shallow fetch of just that ref, submodules as BuildKit fetches them, `.git`
 left out unless `BUILDKIT_CONTEXT_KEEP_GIT_DIR=1`), so a second build of the same commit reads
-the same directory and reuses every step. Archives are unpacked with Python's `data` filter
-(no absolute names, no `..`, no links leaving the tree, no devices).
+the same directory and reuses every step. Archives are unpacked as `contexttar.py` says (no
+absolute names, no `..`, nothing written through a symlink, no devices).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -213,10 +212,11 @@ def _tar_checksum_ok(header: bytes) -> bool:
 
 
 def _extract(raw: bytes, directory: Path, what: str) -> None:
+    from buildpy.planner.contexttar import ContextTarError, unpack
+
     try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as t:
-            t.extractall(directory, filter="data")
-    except (tarfile.TarError, OSError) as e:
+        unpack(io.BytesIO(raw), directory)
+    except ContextTarError as e:
         raise SourceError(f"{what}: the context archive cannot be unpacked: {e}") from None
 
 
