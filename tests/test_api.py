@@ -445,3 +445,23 @@ def test_docker_cli_build_run(server: Server, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "Untagged: app:1" in r.stdout and "Untagged: app:2" in r.stdout
     assert not any(n.startswith("docker.io/library/app:") for n in refs(server.root))
+
+
+@needs_docker
+def test_docker_cli_the_example_builds_and_runs(server: Server, tmp_path: Path) -> None:
+    """The issue's walk-through with the README's example: build, run, the exit status kept."""
+    from tests.sandboxkit import sandbox_or_skip
+
+    sandbox_or_skip()
+    example = Path(__file__).resolve().parent.parent / "testdata" / "dockerfiles" / "multistage"
+    r = docker(server, tmp_path, "build", "-t", "example:api", "--build-arg", "VERSION=2.5", str(example))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = docker(server, tmp_path, "run", "--rm", "example:api")
+    assert (r.returncode, r.stdout) == (0, "hello, world\n"), r.stderr
+    r = docker(server, tmp_path, "run", "--rm", "example:api", "api")
+    assert (r.returncode, r.stdout) == (0, "hello, api\n"), r.stderr
+    r = docker(server, tmp_path, "run", "--rm", "--entrypoint", "sh", "example:api", "-c", "echo hi; id -u; exit 4")
+    assert (r.returncode, r.stdout) == (4, "hi\n1000\n"), r.stderr
+    labels = json.loads(docker(server, tmp_path, "image", "inspect", "example:api").stdout)[0]["Config"]["Labels"]
+    assert labels["org.opencontainers.image.version"] == "2.5"
+    assert docker(server, tmp_path, "rmi", "example:api").returncode == 0

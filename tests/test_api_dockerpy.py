@@ -80,3 +80,22 @@ def test_missing_image_and_container(client) -> None:  # noqa: ANN001
         client.containers.create("no-such-image:1")
     with pytest.raises(docker.errors.NotFound):
         client.containers.get("no-such-container")
+
+
+def test_images_build(client, tmp_path) -> None:  # noqa: ANN001
+    from tests.sandboxkit import sandbox_or_skip
+
+    sandbox_or_skip()
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nARG WHO\nRUN echo \"built for $WHO\" > /who\nCMD [\"cat\", \"/who\"]\n")
+    image, logs = client.images.build(path=str(tmp_path), tag="pybuilt:1", buildargs={"WHO": "docker-py"}, rm=True)
+    assert "pybuilt:1" in image.tags
+    assert any("Successfully built" in (line.get("stream") or "") for line in logs)
+    assert client.images.get("pybuilt:1").id == image.id
+    assert client.containers.run("pybuilt:1", remove=True) == b"built for docker-py\n"
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN exit 3\n")
+    with pytest.raises(docker.errors.BuildError) as e:
+        client.images.build(path=str(tmp_path), tag="pybroken:1")
+    assert "exit" in str(e.value)
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get("pybroken:1")
+    client.images.remove("pybuilt:1")
