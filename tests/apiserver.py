@@ -142,10 +142,12 @@ needs_docker = pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not 
 
 
 @contextlib.contextmanager
-def serving(base: Path) -> Iterator[Server]:
-    """`buildpy serve` on a new store under `base` holding the busybox test image."""
+def serving(base: Path, busybox: bool = True) -> Iterator[Server]:
+    """`buildpy serve` on a new store under `base` (holding the busybox test image, or nothing)."""
     root = base / "store"
-    busybox_image(Store(root))
+    store = Store(root)
+    if busybox:
+        busybox_image(store)
     sockdir = short_dir()
     srv = start(root, str(sockdir / "s.sock"), base / "serve.log")
     try:
@@ -153,3 +155,19 @@ def serving(base: Path) -> Iterator[Server]:
     finally:
         srv.stop()
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def raw_request(server: Server, head: str) -> tuple[socket.socket, bytes]:
+    """A socket that sent `head` (request line and headers, no body) and has read the answer's
+    head; what follows is the raw stream (an attach, hijacked or not)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect(server.sock)
+    s.sendall(head.encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        byte = s.recv(1)
+        if not byte:
+            break
+        answer += byte
+    return s, answer

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import socket
 import subprocess
 import time
@@ -17,8 +15,9 @@ import pytest
 
 from buildpy.cas.store import Store
 from buildpy.containers import state
-from tests.apiserver import DOCKER, BUILDPY, Server, call, docker, needs_docker, serving
+from tests.apiserver import BUILDPY, DOCKER, Server, call, docker, needs_docker, raw_request, serving
 from tests.imagekit import busybox_or_skip
+from tests.ptykit import drive
 
 pytestmark = needs_docker
 
@@ -141,39 +140,10 @@ def test_stdin_is_piped_in_with_i(server: Server, tmp_path: Path) -> None:
 def test_interactive_terminal(server: Server, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     env.update(DOCKER_HOST=f"unix://{server.sock}", DOCKER_CONFIG=str(tmp_path / "cfg"))
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(DOCKER, [DOCKER, "run", "--rm", "-it", "busybox", "sh"], env)
-    out = b""
-    try:
-        os.write(fd, b"echo hi-from-''tty; exit 5\n")  # the quotes: the echoed input is not the answer
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1)
-            if not ready:
-                continue
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            out += data
-    finally:
-        status = None
-        deadline = time.monotonic() + 30
-        while status is None and time.monotonic() < deadline:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
-            else:
-                time.sleep(0.05)
-        if status is None:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
+    out, status = drive([DOCKER, "run", "--rm", "-it", "busybox", "sh"],
+                        b"echo hi-from-''tty; exit 5\n", env)  # the quotes: the echoed input is not the answer
     assert b"\nhi-from-tty\r\n" in out, out
-    assert status is not None and os.waitstatus_to_exitcode(status) == 5
+    assert status == 5
 
 
 def test_volumes(server: Server, tmp_path: Path) -> None:
@@ -243,14 +213,8 @@ def test_start_wait_logs_frames_and_not_modified(server: Server) -> None:
     a = call(server.sock, "POST", f"/v1.41/containers/{cid}/wait?condition=bogus")
     assert a.status == 400
     # attach first (stdin and output), as the docker CLI does, then start
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(60)
-    s.connect(server.sock)
-    s.sendall(f"POST /v1.41/containers/{cid}/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\n"
-              "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
+    s, head = raw_request(server, f"POST /v1.41/containers/{cid}/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\n"
+                                  "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 UPGRADED\r\n"), head
     assert b"Upgrade: tcp" in head
     assert call(server.sock, "POST", f"/v1.41/containers/{cid}/start").status == 204
@@ -293,14 +257,8 @@ def test_tty_logs_are_raw_and_follow_ends_with_the_container(server: Server) -> 
     listing = call(server.sock, "GET", "/v1.41/containers/json").json()
     assert [c["State"] for c in listing if c["Id"] == cid] == ["running"]
     # stdin through an attach without upgrade (old clients): a 200 whose body is the stream
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(60)
-    s.connect(server.sock)
-    s.sendall(f"POST /v1.41/containers/{cid}/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\nHost: d\r\n"
-              "Content-Length: 0\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
+    s, head = raw_request(server, f"POST /v1.41/containers/{cid}/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\n"
+                                  "Host: d\r\nContent-Length: 0\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     s.sendall(b"go\n")
     a = call(server.sock, "GET", f"/v1.41/containers/{cid}/logs?stdout=1&follow=1")  # returns at the end

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 
 from buildpy.cas.reference import resolve
 from buildpy.cas.store import Store
-from tests.apiserver import DOCKER, Server, UnixConnection, call, docker, json_lines, needs_docker, refs, serving, short_dir, start
+from tests.apiserver import DOCKER, Server, UnixConnection, call, docker, json_lines, needs_docker, refs, serving
 from tests.imagekit import files_tar, image_from_tars
 
 pytestmark = needs_docker
@@ -42,15 +41,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
 @pytest.fixture
 def empty_server(tmp_path: Path) -> Iterator[Server]:
     """A server on a store holding nothing."""
-    root = tmp_path / "b" / "store"
-    Store(root)
-    sockdir = short_dir()
-    srv = start(root, str(sockdir / "s.sock"), tmp_path / "b.log")
-    try:
+    with serving(tmp_path / "b", busybox=False) as srv:
         yield srv
-    finally:
-        srv.stop()
-        shutil.rmtree(sockdir, ignore_errors=True)
 
 
 def image_id(server: Server, name: str) -> str:

@@ -4,8 +4,6 @@ mount, pid, net namespaces; overlayfs), on a busybox image made from Debian's bu
 from __future__ import annotations
 
 import os
-import pty
-import select
 import socket
 import subprocess
 import time
@@ -16,6 +14,7 @@ import pytest
 from buildpy.cas.reference import resolve
 from buildpy.cas.store import Store
 from tests.imagekit import busybox_image, busybox_or_skip
+from tests.ptykit import drive
 
 BUILDPY = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "buildpy")
 
@@ -153,39 +152,10 @@ def _processes_running(cmdline: str) -> list[int]:
 
 
 def test_interactive_terminal(store):
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(BUILDPY, [BUILDPY, "--root", str(store.root), "run", "--rm", "-it", "busybox", "sh"])
-    try:
-        os.write(fd, b"echo h''i; exit 3\n")  # the quotes: the echo of the input line is not the answer
-        out = b""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 1)
-            if not ready:
-                continue
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            out += data
-    finally:
-        status = None
-        deadline = time.monotonic() + 30
-        while status is None and time.monotonic() < deadline:
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = st
-            else:
-                time.sleep(0.1)
-        if status is None:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        os.close(fd)
+    out, status = drive([BUILDPY, "--root", str(store.root), "run", "--rm", "-it", "busybox", "sh"],
+                        b"echo h''i; exit 3\n")  # the quotes: the echo of the input line is not the answer
     assert b"\nhi\r\n" in out, out
-    assert status is not None and os.waitstatus_to_exitcode(status) == 3
+    assert status == 3
 
 
 def _free_port() -> int:
