@@ -17,6 +17,7 @@ from buildpy.cas.store import Store
 from buildpy.containers import state
 from tests.apiserver import BUILDPY, DOCKER, Server, call, docker, needs_docker, raw_request, serving
 from tests.imagekit import busybox_or_skip
+from tests.netkit import HTTPD, free_port, http_get
 from tests.ptykit import drive
 
 pytestmark = needs_docker
@@ -327,3 +328,39 @@ def _running(cmdline: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+@needs_docker
+def test_started_again_keeps_its_change(server: Server, tmp_path: Path) -> None:
+    r = docker(server, tmp_path, "run", "--name", "again", "busybox", "sh", "-c", "echo x >> /count; wc -l < /count")
+    assert (r.returncode, r.stdout.strip()) == (0, "1"), r.stderr
+    r = docker(server, tmp_path, "start", "-a", "again")
+    assert (r.returncode, r.stdout.strip()) == (0, "2"), r.stderr  # its upper dir kept, as docker keeps it
+    assert docker(server, tmp_path, "restart", "-t", "1", "again").returncode == 0
+    assert docker(server, tmp_path, "wait", "again").stdout.strip() == "0"
+    assert docker(server, tmp_path, "logs", "again").stdout.split() == ["1", "2", "3"]
+    assert docker(server, tmp_path, "rm", "again").returncode == 0
+
+
+@needs_docker
+def test_published_port_is_served_and_shown(server: Server, tmp_path: Path) -> None:
+    import shutil
+
+    if not shutil.which("slirp4netns"):
+        pytest.skip("slirp4netns not installed (Debian package slirp4netns)")
+    port = free_port()
+    r = docker(server, tmp_path, "run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:80", "busybox", "sh", "-c", HTTPD)
+    assert r.returncode == 0, r.stderr
+    try:
+        answer = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (answer is None or b"served-from-container" not in answer):
+            time.sleep(0.2)
+            answer = http_get(port)
+        assert answer is not None and b"served-from-container" in answer
+        r = docker(server, tmp_path, "port", "web")
+        assert r.stdout.strip() == f"80/tcp -> 127.0.0.1:{port}", r.stdout + r.stderr
+        ps = docker(server, tmp_path, "ps", "--filter", "name=web", "--format", "{{.Ports}}").stdout.strip()
+        assert ps == f"127.0.0.1:{port}->80/tcp", ps
+    finally:
+        docker(server, tmp_path, "rm", "-f", "web")

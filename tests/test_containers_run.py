@@ -4,7 +4,6 @@ mount, pid, net namespaces; overlayfs), on a busybox image made from Debian's bu
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from buildpy.cas.reference import resolve
 from buildpy.cas.store import Store
 from tests.imagekit import busybox_image, busybox_or_skip
+from tests.netkit import HTTPD, free_port, http_get
 from tests.ptykit import drive
 
 BUILDPY = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "buildpy")
@@ -158,34 +158,13 @@ def test_interactive_terminal(store):
     assert status == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(port: int) -> bytes | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-            return data
-    except OSError:
-        return None
-
-
-HTTPD = "mkdir -p /www && echo served-from-container > /www/index.html && exec httpd -f -p 80 -h /www"
-
-
 @pytest.mark.parametrize("network", ["private", "none"])
 def test_published_port_answers_only_with_a_private_network(store, network):
     import shutil
 
     if network == "private" and not shutil.which("slirp4netns"):
         pytest.skip("slirp4netns not installed (Debian package slirp4netns)")
-    port = _free_port()
+    port = free_port()
     args = ["run", "--rm", "--network", network]
     if network == "private":
         args += ["-p", f"127.0.0.1:{port}:80"]
@@ -196,7 +175,7 @@ def test_published_port_answers_only_with_a_private_network(store, network):
         deadline = time.monotonic() + (20 if network == "private" else 3)
         while time.monotonic() < deadline and answer is None:
             time.sleep(0.2)
-            answer = _get(port)
+            answer = http_get(port)
             if answer is not None and b"served-from-container" not in answer:
                 answer = None
         if network == "private":

@@ -21,6 +21,7 @@ from buildpy.api.routing import Query, labels_match, route
 from buildpy.cas.store import Store
 from buildpy.containers import supervisor as sup
 from buildpy.containers import volumes
+from buildpy.containers.network import Port, recorded_port
 from buildpy.containers.run import NoSuchImage, RunOptions
 from buildpy.containers.state import Conflict, Container, ContainerError, NoSuchContainer
 
@@ -424,6 +425,18 @@ def _network_mode(c: Container) -> str:
     return {"private": "default"}.get(c.network, c.network)
 
 
+def _published(c: Container) -> list[Port]:
+    return [recorded_port(text) for text in c.ports]
+
+
+def _port_map(c: Container, running: bool) -> dict[str, list[dict[str, str]]]:
+    """NetworkSettings.Ports (what `docker port` reads): bound only while it runs."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in _published(c) if running else []:
+        out.setdefault(f"{p.container_port}/{p.proto}", []).append({"HostIp": p.host_ip, "HostPort": str(p.host_port)})
+    return out
+
+
 def summary(s: sup.Supervisor, c: Container, now: float) -> dict[str, Any]:
     state = _state(s, c)
     return {
@@ -433,7 +446,8 @@ def summary(s: sup.Supervisor, c: Container, now: float) -> dict[str, Any]:
         "ImageID": c.extra.get("resolved", {}).get("image_id", ""),
         "Command": " ".join(c.command),
         "Created": int(c.created),
-        "Ports": [],
+        "Ports": [{"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port, "Type": p.proto}
+                  for p in (_published(c) if state == "running" else [])],
         "Labels": _labels(c),
         "State": state,
         "Status": _status_text(c, state, now),
@@ -551,7 +565,8 @@ def inspect(s: sup.Supervisor, c: Container) -> dict[str, Any]:
         "GraphDriver": {"Name": "buildpy", "Data": {}},
         "Mounts": _mounts(s.store, c),
         "Config": config,
-        "NetworkSettings": {"Bridge": "", "SandboxID": "", "HairpinMode": False, "Ports": {},
+        "NetworkSettings": {"Bridge": "", "SandboxID": "", "HairpinMode": False,
+                            "Ports": _port_map(c, _state(s, c) == "running"),
                             "SandboxKey": "", "IPAddress": "", "IPPrefixLen": 0, "Gateway": "",
                             "MacAddress": "", "Networks": {}},
     }

@@ -50,6 +50,14 @@ def parse_port(text: str) -> Port:
     return Port(ip, host, ctr, proto)
 
 
+def recorded_port(text: str) -> Port:
+    """A Port back from its `str`, as a container's record keeps it."""
+    m = re.fullmatch(r"(.+):(\d+)->(\d+)/(tcp|udp)", text)
+    if not m:
+        raise ContainerError(f"a container record's port {text!r} is not HOSTIP:HOSTPORT->PORT/PROTO")
+    return Port(m.group(1), int(m.group(2)), int(m.group(3)), m.group(4))
+
+
 def uplink_available() -> bool:
     return shutil.which(SLIRP) is not None
 

@@ -420,12 +420,11 @@ class Supervisor:
     # stdio
 
     def attach(self, ref: str, history: bool) -> tuple[Container, _Channel, list[Entry], queue.SimpleQueue | None]:
-        """(container, channel, past output, listener) for a client attaching; a created
-        container's channel is made now, so nothing of its first run is missed."""
+        """(container, channel, past output, listener) for a client attaching; a container not
+        running gets its channel now, so nothing of its next run is missed (`docker start -a`
+        attaches, then starts)."""
         with self._cond:
             c = self.find(ref)
-            if c.id not in self._live and c.status != "created":
-                raise Conflict("You cannot attach to a stopped container, start it first")
             raw = c.extra.get("options")
             if not isinstance(raw, dict):
                 raise Conflict(f"container {c.name} was made by `buildpy run` and cannot be attached here")

@@ -182,8 +182,20 @@ def upper_layer(store: Store, upper: Path, lowers: Sequence[Path], exclude: Coll
 
 
 def overlay_on(lowers: tuple[Path, ...], workdir: Path) -> Overlay:
-    """An overlay over `lowers` with its upper and work dirs in `workdir`."""
-    return _overlay(lowers, workdir)
+    """An overlay over `lowers` with its upper and work dirs in `workdir`. A container started
+    again finds its upper dir there: it stays (the container's change so far, as docker keeps
+    it across restarts); what the last mount left (work dir, lowerdir links) is made anew."""
+    upper = workdir / "upper"
+    if not upper.is_dir():
+        return _overlay(lowers, workdir)
+    for leftover in ("work", "l", "empty"):
+        snapshots.remove_tree(workdir / leftover)
+    kept = workdir / "upper.kept"
+    upper.rename(kept)
+    overlay = _overlay(lowers, workdir)
+    upper.rmdir()
+    kept.rename(upper)
+    return overlay
 
 
 def remove_workdir(path: Path) -> None:
