@@ -80,12 +80,14 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 
     from buildpy.checks import gate, report
     from buildpy.planner.args import parse_build_args
+    from buildpy.planner.checkfacts import check_facts
 
     context = Path(args.context)
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"
     skip = [r.strip() for item in args.skip for r in item.split(",") if r.strip()]
-    result, name = gate.check(context, dockerfile, parse_build_args(args.build_arg), "", skip,
-                              True if args.error else None, _store(args))
+    facts = check_facts(context, dockerfile, _store(args))
+    result, name = gate.check(context, dockerfile, parse_build_args(args.build_arg), "", facts, skip,
+                              True if args.error else None)
     render = {"text": report.render_text, "json": lambda r, _n: report.render_json(r),
               "sarif": report.render_sarif}[args.format]
     sys.stdout.write(render(result, name))
@@ -102,17 +104,20 @@ def _build_in(args: argparse.Namespace, store: Store, context, dockerfile, remot
     from buildpy.planner.request import BuildRequest
 
     from buildpy.checks import gate
+    from buildpy.planner.checkfacts import check_facts
 
     build_args = parse_build_args(args.build_arg)
     if args.check:
         from buildpy.checks import report
 
-        result, name = gate.check(context, dockerfile, build_args, args.platform or "", store=store)
+        result, name = gate.check(context, dockerfile, build_args, args.platform or "",
+                                  check_facts(context, dockerfile, store))
         sys.stdout.write(report.render_text(result, name))
         return 1 if result.findings or result.error is not None else 0
     if not args.no_checks:
         quiet = args.progress == "quiet"
-        gate.before_build(store, context, dockerfile, build_args, args.platform or "",
+        gate.before_build(store.root / "checks", context, dockerfile, build_args, args.platform or "",
+                          check_facts(context, dockerfile, store),
                           warn=lambda line: None if quiet else print(f"warning: {line}", file=sys.stderr))
     labels = dict(item.partition("=")[::2] for item in args.label)
     request = BuildRequest(context=context, dockerfile=dockerfile, build_args=build_args,

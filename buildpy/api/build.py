@@ -114,13 +114,15 @@ def run(store: Store, params: Params, context: Path, dockerfile: Path, send: Sen
     from buildpy.cas.reference import parse
     from buildpy.checks import gate
     from buildpy.executor.options import BuildOptions
+    from buildpy.planner.checkfacts import check_facts
     from buildpy.executor.session import Remote, build
     from buildpy.planner.request import BuildRequest
 
     out = JsonLines(send)
     try:
         quiet = params.quiet
-        gate.before_build(store, context, dockerfile, params.build_args, params.platform,
+        gate.before_build(store.root / "checks", context, dockerfile, params.build_args, params.platform,
+                          check_facts(context, dockerfile, store),
                           warn=lambda line: None if quiet else out.write(f"warning: {line}\n"))
         request = BuildRequest(context=context, dockerfile=dockerfile, build_args=params.build_args,
                                target=params.target, platform=params.platform, labels=params.labels,
