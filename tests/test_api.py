@@ -249,7 +249,8 @@ def test_build_errors(server: Server) -> None:
         ("labels=[1]", 400, "labels"),
         ("dockerfile=missing", 400, "Cannot locate specified Dockerfile: missing"),
         ("dockerfile=../../etc/passwd", 400, "outside the build context"),
-        ("networkmode=container:x", 400, "network mode"),
+        ("networkmode=container:x", 501, "network mode 'container:x'"),
+        ("networkmode=mynet", 404, "network mynet not found"),
     ):
         a = call(server.sock, "POST", f"/v1.41/build?{query}&t=never:1", body=ctx)
         assert a.status == status, (query, a.body)

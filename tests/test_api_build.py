@@ -271,3 +271,20 @@ def test_cancel_token_stops_the_executor(tmp_path: Path) -> None:
         with pytest.raises(BuildCancelled):
             build(store, request, BuildOptions(cancel=token), progress="quiet", stream=Out())
     assert not _sleepers()
+
+
+def test_build_settings_buildpy_lacks_are_refused_not_ignored(server: Server) -> None:
+    body = context_tar({"Dockerfile": "FROM busybox\n"})
+    # what the docker CLI sends without those flags is fine
+    ok = call(server.sock, "POST", "/v1.41/build?memory=0&shmsize=0&ulimits=null&cpushares=0&version=1&t=plain:1",
+              body=body, headers={"Content-Type": "application/x-tar"})
+    assert ok.status == 200 and b"Successfully tagged plain:1" in ok.body
+    for query in ("memory=1073741824", "extrahosts=h%3A1.2.3.4", "squash=1", "version=2", "ulimits=%5B%7B%7D%5D"):
+        a = call(server.sock, "POST", f"/v1.41/build?{query}&t=refused:1", body=body,
+                 headers={"Content-Type": "application/x-tar"})
+        assert a.status == 501, query
+        assert a.json()["message"].startswith("buildpy does not implement POST /build with "), a.body
+    assert "docker.io/library/refused:1" not in Store(server.root).refs()
+    a = call(server.sock, "POST", "/v1.41/build?cachefrom=%5B%22reg%2Fapp%3Acache%22%5D&t=cf:1", body=body,
+             headers={"Content-Type": "application/x-tar"})
+    assert a.status == 200 and b"warning: cachefrom reg/app:cache is not used" in a.body, a.body

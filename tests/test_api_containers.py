@@ -195,7 +195,10 @@ def test_create_errors(server: Server) -> None:
     assert a.status == 400
     a = call(server.sock, "POST", "/v1.41/containers/create",
              json.dumps({"Image": "busybox", "HostConfig": {"NetworkMode": "overlay9"}}).encode())
-    assert a.status == 400 and "overlay9" in a.json()["message"]
+    assert a.status == 404 and a.json()["message"] == "network overlay9 not found"
+    a = call(server.sock, "POST", "/v1.41/containers/create",
+             json.dumps({"Image": "busybox", "HostConfig": {"NetworkMode": "container:abc"}}).encode())
+    assert a.status == 501 and "container:abc" in a.json()["message"]
     _create(server, {"Image": "busybox", "Cmd": ["true"]}, name="taken")
     a = call(server.sock, "POST", "/v1.41/containers/create?name=taken",
              json.dumps({"Image": "busybox", "Cmd": ["true"]}).encode())
@@ -364,3 +367,15 @@ def test_published_port_is_served_and_shown(server: Server, tmp_path: Path) -> N
         assert ps == f"127.0.0.1:{port}->80/tcp", ps
     finally:
         docker(server, tmp_path, "rm", "-f", "web")
+
+
+@needs_docker
+def test_settings_buildpy_lacks_are_refused_not_ignored(server: Server, tmp_path: Path) -> None:
+    before = {c.id for c in state.all_containers(Store(server.root))}
+    for flags, key in ((["--privileged"], "HostConfig.Privileged=true"), (["--restart", "always"], "HostConfig.RestartPolicy"),
+                       (["--cap-add", "NET_ADMIN"], "HostConfig.CapAdd"), (["--dns", "1.1.1.1"], "HostConfig.Dns"),
+                       (["--log-driver", "syslog"], "log driver 'syslog'")):
+        r = docker(server, tmp_path, "run", *flags, "busybox", "true")
+        assert r.returncode == 125, (flags, r.stderr)
+        assert "buildpy does not implement" in r.stderr and key in r.stderr, r.stderr
+    assert {c.id for c in state.all_containers(Store(server.root))} == before

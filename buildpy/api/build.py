@@ -58,6 +58,25 @@ class JsonLines:
         return False
 
 
+# parameters of POST /build buildpy's builds do not honour, with the values that ask for nothing
+# (what the docker CLI sends when the flag is not given); any other value is refused, never ignored
+_NOT_HONOURED = {
+    "cgroupparent": ("",), "cpuperiod": ("", "0"), "cpuquota": ("", "0"), "cpusetcpus": ("",),
+    "cpusetmems": ("",), "cpushares": ("", "0"), "memory": ("", "0"), "memswap": ("", "0"),
+    "shmsize": ("", "0"), "ulimits": ("", "null", "[]"), "extrahosts": ("",),
+    "squash": ("", "0", "false"), "isolation": ("", "default"), "outputs": ("", "null", "[]"),
+    "version": ("", "1"),  # 2 asks for BuildKit's session API
+}
+
+
+def _refuse_not_honoured(q: Query) -> None:
+    for name, nothing in _NOT_HONOURED.items():
+        value = q.one(name).strip()
+        if value.lower() not in nothing:
+            raise ApiError(501, f"buildpy does not implement POST /build with {name}={value} "
+                                "(its builds have no such setting)")
+
+
 class Params:
     """The query of POST /build, checked before anything is read or built."""
 
@@ -66,6 +85,9 @@ class Params:
 
         if q.one("remote"):
             raise ApiError(400, "buildpy serve builds only a context sent as a tar (no remote contexts yet)")
+        _refuse_not_honoured(q)
+        # images to take cache from: every build already reuses what the store has; said, not hidden
+        self.cache_from = [str(x) for x in (q.json_value("cachefrom") or []) if x]
         self.dockerfile = q.one("dockerfile") or "Dockerfile"
         self.tags = [t for t in q.all("t") if t]
         try:
@@ -80,12 +102,10 @@ class Params:
         self.pull = q.flag("pull")
         self.quiet = q.flag("q")
         self.platform = q.one("platform")
-        network = q.one("networkmode") or "default"
-        if network == "bridge":
-            network = "default"
-        if network not in ("default", "none", "host"):
-            raise ApiError(400, f"network mode {network!r} is not supported (default, none, host)")
-        self.network = network
+        from buildpy.api.networks import mode_of
+
+        # RUN steps on the bridge network get the build's default network (a private uplink)
+        self.network = {"private": "default"}.get(mode := mode_of(q.one("networkmode")), mode)
 
 
 def _inside(root: Path, relative: str, what: str) -> Path:
@@ -121,6 +141,9 @@ def run(store: Store, params: Params, context: Path, dockerfile: Path, send: Sen
     out = JsonLines(send)
     try:
         quiet = params.quiet
+        if params.cache_from and not quiet:
+            out.write(f"warning: cachefrom {', '.join(params.cache_from)} is not used: buildpy reuses "
+                      "the steps its store has (a shared cache: buildpy build --cache-from type=registry)\n")
         gate.before_build(store.root / "checks", context, dockerfile, params.build_args, params.platform,
                           check_facts(context, dockerfile, store),
                           warn=lambda line: None if quiet else out.write(f"warning: {line}\n"))

@@ -17,6 +17,7 @@ from typing import Any
 
 from buildpy.api import server
 from buildpy.api.errors import ApiError, as_api_error
+from buildpy.api import networks
 from buildpy.api.routing import Query, labels_match, route
 from buildpy.cas.store import Store
 from buildpy.containers import supervisor as sup
@@ -29,7 +30,6 @@ RAW = "application/vnd.docker.raw-stream"
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 _STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
-_NETWORKS = {"": "private", "default": "private", "bridge": "private", "none": "none", "host": "host"}
 
 server._STOP_HOOKS.append(sup.shutdown_all)
 
@@ -120,7 +120,7 @@ def _mount_text(store: Store, m: Any) -> str:
     elif kind == "volume":
         source = source or volumes.create(store).name
     else:
-        raise ApiError(400, f"mount type {kind!r} is not supported (bind, volume)")
+        raise ApiError(501, f"buildpy does not implement mounts of type {kind!r} (bind, volume)")
     if ":" in source or ":" in target:
         raise ApiError(400, f"invalid mount config: {source}:{target}: a path with ':' is not supported")
     return f"{source}:{target}" + (":ro" if m.get("ReadOnly") else "")
@@ -142,17 +142,40 @@ def _ports(bindings: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+# HostConfig keys `options` turns into run's options, or that ask for nothing a container of
+# buildpy lacks (the terminal's first size, the log driver docker's CLI leaves empty)
+_HOST_HONOURED = {"Binds", "Mounts", "AutoRemove", "NetworkMode", "PortBindings", "Memory", "NanoCpus",
+                  "PidsLimit", "ConsoleSize", "LogConfig", "Isolation"}
+_HOST_NOTHING = {  # values of other keys that ask for nothing (besides null, "", 0, false, [], {})
+    "RestartPolicy": ({"Name": "no", "MaximumRetryCount": 0}, {"Name": "", "MaximumRetryCount": 0},
+                      {"Name": "no"}, {"Name": ""}),
+    "CgroupnsMode": ("private", "host"), "IpcMode": ("private", "shareable"), "UsernsMode": ("host",),
+    "MemorySwappiness": (-1,),
+}
+
+
+def _refuse_not_honoured(host: dict[str, Any]) -> None:
+    """A setting buildpy's containers cannot have is refused (501), never dropped unsaid."""
+    for key, value in host.items():
+        if key in _HOST_HONOURED or value in (None, "", 0, False, [], {}) or value in _HOST_NOTHING.get(key, ()):
+            continue
+        raise ApiError(501, f"buildpy does not implement POST /containers/create with HostConfig.{key}="
+                            f"{json.dumps(value)[:80]} (its containers have no such setting)")
+    log = host.get("LogConfig") or {}
+    if isinstance(log, dict) and (log.get("Type") or "json-file") != "json-file":
+        raise ApiError(501, f"buildpy does not implement the log driver {log.get('Type')!r} (it keeps json lines)")
+
+
 def options(store: Store, name: str, body: dict[str, Any]) -> RunOptions:
     """POST /containers/create's Config and HostConfig as `run`'s options."""
     host = body.get("HostConfig") or {}
     if not isinstance(host, dict):
         raise ApiError(400, "invalid HostConfig: not an object")
+    _refuse_not_honoured(host)
     image = body.get("Image")
     if not image or not isinstance(image, str):
         raise ApiError(400, "config has no Image")
-    network = host.get("NetworkMode") or ""
-    if network not in _NETWORKS:
-        raise ApiError(400, f"network mode {network!r} is not supported (bridge, none, host)")
+    network = networks.mode_of(str(host.get("NetworkMode") or ""))
     binds = list(_strings(host.get("Binds"), "Binds") or ())
     mounts = host.get("Mounts") or []
     if not isinstance(mounts, list):
@@ -174,7 +197,7 @@ def options(store: Store, name: str, body: dict[str, Any]) -> RunOptions:
     return RunOptions(
         image=image, command=_strings(body.get("Cmd"), "Cmd") or (), name=name, remove=bool(host.get("AutoRemove")),
         env=_strings(body.get("Env"), "Env") or (), workdir=str(body.get("WorkingDir") or ""),
-        user=str(body.get("User")) if body.get("User") else None, volumes=tuple(binds), network=_NETWORKS[network],
+        user=str(body.get("User")) if body.get("User") else None, volumes=tuple(binds), network=network,
         ports=_ports(host.get("PortBindings")), hostname=str(body.get("Hostname") or ""),
         interactive=bool(body.get("OpenStdin")), tty=bool(body.get("Tty")),
         memory=str(memory) if memory > 0 else "", cpus=nano_cpus / 1e9 if nano_cpus > 0 else None,

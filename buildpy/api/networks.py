@@ -44,6 +44,18 @@ def describe(name: str) -> dict[str, Any]:
     }
 
 
+def mode_of(network: str) -> str:
+    """The container network mode (run's private, host or none) a request's NetworkMode or
+    networkmode names: the built-in networks by name (`default` is bridge); sharing another
+    container's or a namespace's network is Docker's and not ours (501); other names are
+    networks that do not exist here (404)."""
+    if network in ("", "default"):
+        network = "bridge"
+    if network.startswith(("container:", "ns:")):
+        raise ApiError(501, f"buildpy does not implement the network mode {network!r} (bridge, host, none)")
+    return _BUILTIN[find(network)][1]
+
+
 def find(text: str) -> str:
     for name in _BUILTIN:
         if text == name or (len(text) >= 3 and _id(name).startswith(text)):

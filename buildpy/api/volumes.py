@@ -52,7 +52,7 @@ def _create(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
     body = h.json_body() or {}
     driver = body.get("Driver") or "local"
     if driver != "local":
-        raise ApiError(400, f"volume driver {driver!r} is not supported (local)")
+        raise ApiError(501, f"buildpy does not implement the volume driver {driver!r} (local)")
     labels, opts = body.get("Labels") or {}, body.get("DriverOpts") or {}
     if not isinstance(labels, dict) or not isinstance(opts, dict):
         raise ApiError(400, "Labels and DriverOpts must be JSON objects")
