@@ -14,6 +14,13 @@ namespace); its child is the container's init, which forwards the usual signals 
 SIGKILL to the init, whose death ends every process of the namespace; the sandbox then reports
 137. The server's pid is the record's `pid`: if the server dies, `ps` reads its containers as
 exited; on a clean stop `shutdown()` kills them and records them as exited.
+
+Execs (`docker exec`): an `Exec` per POST /containers/{id}/exec, started once as a fresh
+`buildpy.sandbox.enter` interpreter (never a fork of this threaded process) that joins the
+container's namespaces and cgroups; its stdio is an `_ExecChannel` (pipes or a pty, no log) whose
+output goes to the one client. Its exit code is recorded before the client hears the end (the CLI
+inspects it next). An exec dies with its container (its pid namespace); records go with the
+container's removal.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import json
 import os
 import queue
 import selectors
+import secrets
 import signal
 import struct
+import subprocess
 import sys
 import termios
 import threading
@@ -47,6 +56,7 @@ LOG = "log.jsonl"
 STOP_TIMEOUT = 10.0
 _KILL_WAIT = 30.0  # how long SIGKILL may take to end a container before a request gives up
 _STEP_WAIT = 10.0  # how long the init may take to set the root up and fork the step
+_EXEC_OUTPUT_GRACE = 1.0  # how long an exec's output may go on after its command ended (see _ExecChannel)
 
 
 class StartError(ContainerError):
@@ -264,7 +274,109 @@ class _Live:
         self.start_error: str | None = None
         self.child: int | None = None
         self.killed = False
+        self.cgroups: list[str] = []  # the container's cgroup dirs, for execs to join
         self.lock = threading.Lock()
+
+
+class NoSuchExec(ContainerError):
+    """No exec instance has this id (the API answers 404)."""
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    """What POST /containers/{id}/exec asks for."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    user: str = ""  # "": the container's user
+    workdir: str = ""  # "": the container's working directory
+    tty: bool = False
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = True
+
+
+class _ExecChannel(_Channel):
+    """An exec's stdio: a container's channel without the log (docker keeps no exec output), whose
+    pump can be told to stop: a process the command left in the background may hold its output
+    open for ever, and the exec has ended for its client when the command has."""
+
+    def __init__(self, tty: bool, open_stdin: bool) -> None:
+        super().__init__(Path(os.devnull), tty, open_stdin)
+        self._wake_r, self._wake_w = os.pipe()
+
+    def emit(self, stream: str, data: bytes) -> None:
+        entry = Entry(stream, data, time.time())
+        with self.lock:
+            for q in self.listeners:
+                q.put(entry)
+
+    def stop_pump(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def pump(self) -> None:
+        sel = selectors.DefaultSelector()
+        for fd, stream in self.outputs:
+            sel.register(fd, selectors.EVENT_READ, stream)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        try:
+            while len(sel.get_map()) > 1:
+                for key, _ in sel.select():
+                    if key.data is None:  # stop: what is already there, then no more
+                        for fd, stream in [(k.fd, k.data) for k in sel.get_map().values() if k.data]:
+                            self._drain(fd, stream)
+                        return
+                    try:
+                        data = os.read(key.fd, 1 << 16)
+                    except OSError:  # EIO: a pty whose every slave is closed
+                        data = b""
+                    if not data:
+                        sel.unregister(key.fd)
+                        continue
+                    self.emit(key.data, data)
+        finally:
+            sel.close()
+
+    def _drain(self, fd: int, stream: str) -> None:
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:  # EAGAIN: nothing more now; EIO: a closed pty
+                return
+            if not data:
+                return
+            self.emit(stream, data)
+
+    def end(self) -> None:
+        super().end()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Exec:
+    """One exec instance of a running container: created, then started once."""
+
+    def __init__(self, exec_id: str, container_id: str, config: ExecConfig) -> None:
+        self.id = exec_id
+        self.container_id = container_id
+        self.config = config
+        self.started = False
+        self.running = False
+        self.exit_code: int | None = None
+        self.pid = 0  # the enter process on the host (enter.py); the command is its child
+        self.channel: _ExecChannel | None = None
+        self.size: tuple[int, int] | None = None  # asked for before the start
+        self.done = threading.Event()
+
+    def process_pid(self) -> int:
+        """The command's host pid while it runs (else the enter process's, or 0)."""
+        if not self.running:
+            return 0
+        kids = _children(self.pid)
+        return kids[0] if kids else self.pid
 
 
 class Supervisor:
@@ -278,6 +390,7 @@ class Supervisor:
         self._exits: dict[str, int] = {}  # how often each container exited while we watched
         self._results: dict[str, tuple[int, str]] = {}
         self._removed: set[str] = set()
+        self._execs: dict[str, Exec] = {}
         self._closing = False
 
     # lookup
@@ -367,6 +480,9 @@ class Supervisor:
                                             finished=None, exit_code=None, error="", limits=box.limits)
                     state.save(self.store, c)
 
+                if box.cgroup is not None:
+                    live.cgroups = [str(path) for path in box.cgroup.paths]
+
                 def on_start(pid: int) -> None:
                     box.on_start(pid)
                     channel.handed_over()
@@ -408,6 +524,7 @@ class Supervisor:
                     with contextlib.suppress(Exception):
                         state.remove(self.store, c, force=True)
                     self._removed.add(c.id)
+                    self._forget_execs(c.id)
                 else:
                     state.save(self.store, c)
                 del self._live[c.id]
@@ -453,6 +570,103 @@ class Supervisor:
         if ch is None:
             raise Conflict(f"Container {c.id} is not running")
         ch.resize(height, width)
+
+    # exec
+
+    def _forget_execs(self, container_id: str) -> None:
+        with self._cond:
+            for exec_id in [e.id for e in self._execs.values() if e.container_id == container_id]:
+                del self._execs[exec_id]
+
+    def exec_create(self, ref: str, config: ExecConfig) -> Exec:
+        with self._cond:
+            c = self.find(ref)
+            if c.id not in self._live:
+                raise Conflict(f"Container {c.id} is not running")
+            e = Exec(secrets.token_hex(32), c.id, config)
+            self._execs[e.id] = e
+            return e
+
+    def exec_get(self, exec_id: str) -> Exec:
+        with self._cond:
+            e = self._execs.get(exec_id)
+        if e is None:
+            raise NoSuchExec(f"No such exec instance: {exec_id}")
+        return e
+
+    def exec_start(self, exec_id: str, listen: bool) -> tuple[Exec, _ExecChannel, queue.SimpleQueue | None]:
+        """Start the exec's command in its container; (exec, channel, a listener for its output
+        when `listen`). Returns once the command's process is spawned."""
+        with self._cond:
+            e = self.exec_get(exec_id)
+            if e.started:
+                raise Conflict(f"Exec command {e.id} has already run")
+            live = self._live.get(e.container_id)
+            if live is None:
+                raise Conflict(f"Container {e.container_id} is not running")
+            c = self.find(e.container_id)
+            e.started = True
+        try:
+            return self._exec_spawn(e, live, c, listen)
+        except BaseException:
+            with self._cond:
+                e.started = False
+            raise
+
+    def _exec_spawn(self, e: Exec, live: _Live, c: Container,
+                    listen: bool) -> tuple[Exec, _ExecChannel, queue.SimpleQueue | None]:
+        from buildpy.sandbox import enter
+
+        _, step = self._process(live, wait=_STEP_WAIT)
+        if step is None or live.finished.is_set():
+            raise Conflict(f"Container {c.id} is not running")
+        resolved = c.extra.get("resolved", {})
+        cfg = e.config
+        process = enter.ExecProcess(
+            args=tuple(cfg.args), env=tuple(resolved.get("env") or ()) + tuple(cfg.env),
+            cwd=cfg.workdir or resolved.get("cwd") or "/", user=cfg.user or resolved.get("user") or "",
+            terminal=cfg.tty)
+        channel = _ExecChannel(cfg.tty, cfg.stdin)
+        if e.size is not None:
+            channel.resize(*e.size)
+        listener = channel.listen(False)[1] if listen else None
+        try:
+            proc = enter.spawn(step, process, tuple(live.cgroups), channel.stdio)
+        except OSError as err:
+            channel.end()
+            raise StartError(f"cannot start the exec: {err.strerror or err}") from None
+        channel.handed_over()
+        with self._cond:
+            e.pid = proc.pid
+            e.running = True
+            e.channel = channel
+        threading.Thread(target=self._exec_wait, args=(e, proc, channel), name=f"exec-{e.id[:12]}",
+                         daemon=True).start()
+        return e, channel, listener
+
+    def _exec_wait(self, e: Exec, proc: subprocess.Popen, channel: _ExecChannel) -> None:
+        pump = threading.Thread(target=channel.pump, name=f"exec-pump-{e.id[:12]}", daemon=True)
+        pump.start()
+        code = proc.wait()
+        pump.join(_EXEC_OUTPUT_GRACE)  # its output ends when every writer is gone, or soon after it
+        if pump.is_alive():
+            channel.stop_pump()
+            pump.join()
+        with self._cond:
+            e.exit_code = 128 - code if code < 0 else code
+            e.running = False
+            channel.end()  # the code is recorded before the client hears the end: it asks next
+            self._cond.notify_all()
+        e.done.set()
+
+    def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        e = self.exec_get(exec_id)
+        with self._cond:
+            if e.channel is None:
+                e.size = (height, width)  # docker's CLI may resize before the start ends
+                return
+            channel = e.channel
+        channel.resize(height, width)
 
     # waiting
 
@@ -545,6 +759,7 @@ class Supervisor:
                 channel.end()
             state.remove(self.store, c, force=True)
             self._removed.add(c.id)
+            self._forget_execs(c.id)
             self._cond.notify_all()
         if anonymous_volumes:
             for what in c.extra.get("volumes", []):

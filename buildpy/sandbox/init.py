@@ -5,8 +5,9 @@ step and then only forwards signals to it and reaps zombies; when the step ends,
 with its status (128+n for a signal, as docker) and the kernel kills whatever the step left behind.
 It keeps its capabilities but is not dumpable, so the step cannot ptrace it or read its /proc.
 
-The step's process, between fork and exec: session, groups, gid, uid, capabilities (Docker's
-default set), no_new_privs, seccomp, then execvpe with the PATH of its own environment.
+The step's process, between fork and exec (`become`, shared with `docker exec`'s enter.py):
+session, groups, gid, uid, capabilities (Docker's default set), no_new_privs, seccomp, then
+execvpe with the PATH of its own environment.
 """
 
 from __future__ import annotations
@@ -58,33 +59,43 @@ def _make_cwd(cwd: str) -> str:
 def _exec_step(spec: dict, user: users.ExecUser, env: dict[str, str], cwd: str, sock: int) -> None:
     proc = spec["process"]
     try:
-        os.setsid()
-        if proc.get("terminal"):
-            fcntl.ioctl(0, TIOCSCTTY, 0)  # the pty on fd 0 becomes the session's terminal
-        # Python ignores these at start-up and ignored signals stay ignored across exec.
-        for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
-            _signal.signal(sig, _signal.SIG_DFL)
-        if not spec["insecure"]:
-            privileges.drop_capabilities(user.uid)
-        if spec["idmode"] != "self":  # setgroups is denied to a namespace that mapped itself
-            os.setgroups(list(user.groups))
-        try:
-            os.setresgid(user.gid, user.gid, user.gid)
-            os.chdir(cwd)  # before giving up root: runc too lets root enter the directory
-            os.setresuid(user.uid, user.uid, user.uid)
-        except OSError as e:
-            if e.errno == 22:
-                raise StepError(f"user {proc['user'] or '0'}: uid {user.uid} or gid {user.gid} has no "
-                                "mapping here (rootless without a subuid/subgid range maps only "
-                                "root)") from None
-            raise
-        if not spec["insecure"]:
-            privileges.no_new_privs()
-            privileges.load_seccomp(spec["seccomp"])
-        _execvpe(proc["args"], env)
+        become(proc["args"], env, user, cwd, user_text=proc["user"], terminal=bool(proc.get("terminal")),
+               insecure=spec["insecure"], idmode=spec["idmode"], seccomp=spec["seccomp"])
     except BaseException as e:
         report(sock, e)
         os._exit(EXIT_SETUP)
+
+
+def become(args: list[str], env: dict[str, str], user: users.ExecUser, cwd: str, *, user_text: str,
+           terminal: bool, insecure: bool, idmode: str, seccomp: bytes) -> None:
+    """Between fork and exec, in the container's namespaces and root: a session (with the pty on
+    fd 0 as its terminal), default signals, capabilities, groups, gid, cwd, uid, no_new_privs,
+    seccomp, exec. The container's step and `docker exec` (enter.py) both start this way. Never
+    returns; raises StepError (or OSError) when the process cannot start."""
+    os.setsid()
+    if terminal:
+        fcntl.ioctl(0, TIOCSCTTY, 0)  # the pty on fd 0 becomes the session's terminal
+    # Python ignores these at start-up and ignored signals stay ignored across exec.
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
+    if not insecure:
+        privileges.drop_capabilities(user.uid)
+    if idmode != "self":  # setgroups is denied to a namespace that mapped itself
+        os.setgroups(list(user.groups))
+    try:
+        os.setresgid(user.gid, user.gid, user.gid)
+        os.chdir(cwd)  # before giving up root: runc too lets root enter the directory
+        os.setresuid(user.uid, user.uid, user.uid)
+    except OSError as e:
+        if e.errno == 22:
+            raise StepError(f"user {user_text or '0'}: uid {user.uid} or gid {user.gid} has no "
+                            "mapping here (rootless without a subuid/subgid range maps only "
+                            "root)") from None
+        raise
+    if not insecure:
+        privileges.no_new_privs()
+        privileges.load_seccomp(seccomp)
+    _execvpe(args, env)
 
 
 def _execvpe(args: list[str], env: dict[str, str]) -> None:

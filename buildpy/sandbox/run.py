@@ -90,7 +90,7 @@ def run(spec: SandboxSpec, *, stdout: Output | None = None, stderr: Output | Non
     a network), with the pid of the process that owns them. `cancel_fd`: once readable, the
     sandbox is killed and SandboxCancelled raised."""
     _validate(spec)
-    maps = _idmaps()
+    maps = id_maps()
     bpf = b""
     if not spec.insecure:
         from buildpy.sandbox.privileges import seccomp_bpf
@@ -131,7 +131,7 @@ def _validate(spec: SandboxSpec) -> None:
 _maps_cache: dict[tuple[int, int], idmap.IdMaps] = {}
 
 
-def _idmaps() -> idmap.IdMaps:
+def id_maps() -> idmap.IdMaps:
     """The id maps, looked up once per effective user (they read /etc/subuid and PATH)."""
     key = (os.geteuid(), os.getegid())
     if key not in _maps_cache:
