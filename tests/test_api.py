@@ -84,7 +84,7 @@ def test_info(server: Server) -> None:
 
 
 def test_unknown_endpoint_is_501(server: Server) -> None:
-    for method, path in (("GET", "/v1.41/swarm"), ("GET", "/containers/x/top"),
+    for method, path in (("GET", "/v1.41/swarm"), ("GET", "/containers/x/stats"),
                          ("GET", "/v1.41/nothing/here"), ("PUT", "/images/busybox/json")):
         a = call(server.sock, method, path, body=b"{}" if method != "GET" else None)
         assert a.status == 501, (method, path)

@@ -20,9 +20,11 @@ from buildpy.api.errors import ApiError, as_api_error
 from buildpy.api import networks
 from buildpy.api.routing import Query, labels_match, route
 from buildpy.cas.store import Store
+from buildpy.containers import filesystem
 from buildpy.containers import supervisor as sup
 from buildpy.containers import volumes
 from buildpy.containers.network import Port, recorded_port
+from buildpy.containers import run as runlib
 from buildpy.containers.run import NoSuchImage, RunOptions
 from buildpy.containers.state import Conflict, Container, ContainerError, NoSuchContainer
 
@@ -39,7 +41,7 @@ def _sup(h) -> sup.Supervisor:  # noqa: ANN001 - h: the server's exchange
 
 
 @contextlib.contextmanager
-def _answers(name: str = "", user_error: int = 400) -> Iterator[None]:
+def answers(name: str = "", user_error: int = 400) -> Iterator[None]:
     """The library's exceptions as Docker's status codes; `user_error` for other mistakes."""
     try:
         yield
@@ -47,11 +49,11 @@ def _answers(name: str = "", user_error: int = 400) -> Iterator[None]:
         raise
     except NoSuchContainer:
         raise ApiError(404, f"No such container: {name}") from None
-    except NoSuchImage as e:
+    except (NoSuchImage, filesystem.PathNotFound) as e:
         raise ApiError(404, str(e)) from None
     except Conflict as e:
         raise ApiError(409, str(e)) from None
-    except sup.InvalidParameter as e:
+    except (sup.InvalidParameter, filesystem.BadArchive) as e:
         raise ApiError(400, str(e)) from None
     except sup.StartError as e:
         raise ApiError(500, str(e)) from None
@@ -166,8 +168,10 @@ def _refuse_not_honoured(host: dict[str, Any]) -> None:
         raise ApiError(501, f"buildpy does not implement the log driver {log.get('Type')!r} (it keeps json lines)")
 
 
-def options(store: Store, name: str, body: dict[str, Any]) -> RunOptions:
-    """POST /containers/create's Config and HostConfig as `run`'s options."""
+def options(store: Store, name: str, body: dict[str, Any]) -> tuple[RunOptions, tuple[str, ...]]:
+    """POST /containers/create's Config and HostConfig as `run`'s options, with the anonymous
+    volumes made for the image's VOLUMEs and Config.Volumes (run's shared code), and their names
+    (removed should the create fail)."""
     host = body.get("HostConfig") or {}
     if not isinstance(host, dict):
         raise ApiError(400, "invalid HostConfig: not an object")
@@ -181,10 +185,9 @@ def options(store: Store, name: str, body: dict[str, Any]) -> RunOptions:
     if not isinstance(mounts, list):
         raise ApiError(400, "invalid Mounts: not a list")
     binds += [_mount_text(store, m) for m in mounts]
-    taken = {b.split(":")[1] for b in binds if b.count(":") >= 1}
-    for target in body.get("Volumes") or {}:  # anonymous volumes the config asks for
-        if target not in taken:
-            binds.append(f"{volumes.create(store).name}:{target}")
+    wanted = body.get("Volumes") or {}  # anonymous volumes the config asks for (`-v /path`)
+    if not isinstance(wanted, dict):
+        raise ApiError(400, "invalid Volumes: not an object")
     memory = host.get("Memory") or 0
     nano_cpus = host.get("NanoCpus") or 0
     pids = host.get("PidsLimit")
@@ -194,7 +197,7 @@ def options(store: Store, name: str, body: dict[str, Any]) -> RunOptions:
     entrypoint = _strings(body.get("Entrypoint"), "Entrypoint")
     if entrypoint == ("",):
         entrypoint = ()  # `--entrypoint ""`: none
-    return RunOptions(
+    opts = RunOptions(
         image=image, command=_strings(body.get("Cmd"), "Cmd") or (), name=name, remove=bool(host.get("AutoRemove")),
         env=_strings(body.get("Env"), "Env") or (), workdir=str(body.get("WorkingDir") or ""),
         user=str(body.get("User")) if body.get("User") else None, volumes=tuple(binds), network=network,
@@ -203,16 +206,22 @@ def options(store: Store, name: str, body: dict[str, Any]) -> RunOptions:
         memory=str(memory) if memory > 0 else "", cpus=nano_cpus / 1e9 if nano_cpus > 0 else None,
         pids_limit=pids if pids and pids > 0 else None, entrypoint=entrypoint, environ={},
     )
+    # last, once the request is checked: nothing is made for a create refused above
+    return runlib.with_anonymous_volumes(store, opts, runlib.local_image(store, image), tuple(wanted))
 
 
 @route("POST", r"/containers/create")
 def _create(h, q: Query) -> None:  # noqa: ANN001
     body = h.json_body() or {}
     name = q.one("name").removeprefix("/")
-    with _answers(name):
-        opts = options(h.store, name, body)
+    with answers(name):
+        opts, made = options(h.store, name, body)
         config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
-        c = _sup(h).create(opts, {"docker": {"Config": config, "HostConfig": body.get("HostConfig") or {}}})
+        try:
+            c = _sup(h).create(opts, {"docker": {"Config": config, "HostConfig": body.get("HostConfig") or {}}})
+        except BaseException:
+            runlib.discard(h.store, made)
+            raise
     h.json(201, {"Id": c.id, "Warnings": []})
 
 
@@ -221,14 +230,14 @@ def _create(h, q: Query) -> None:  # noqa: ANN001
 
 @route("POST", r"/containers/([^/]+)/start")
 def _start(h, q: Query, name: str) -> None:  # noqa: ANN001
-    with _answers(name):
+    with answers(name):
         started = _sup(h).start(name)
     h.send(204 if started else 304, b"", "text/plain; charset=utf-8")
 
 
 @route("POST", r"/containers/([^/]+)/wait")
 def _wait(h, q: Query, name: str) -> None:  # noqa: ANN001
-    with _answers(name):
+    with answers(name):
         block = _sup(h).waiter(name, q.one("condition"))
     h.start_stream("application/json")  # the client knows the wait is registered: it may start now
     code, _error = block()  # why it failed is the container's State.Error and its log: the wait itself worked
@@ -241,7 +250,7 @@ def _wait(h, q: Query, name: str) -> None:  # noqa: ANN001
 
 @route("POST", r"/containers/([^/]+)/stop")
 def _stop(h, q: Query, name: str) -> None:  # noqa: ANN001
-    with _answers(name):
+    with answers(name):
         c = _sup(h).find(name)
         stop_signal = (c.extra.get("docker", {}).get("Config") or {}).get("StopSignal") or "SIGTERM"
         signum = sup.parse_signal(q.one("signal") or stop_signal)
@@ -251,7 +260,7 @@ def _stop(h, q: Query, name: str) -> None:  # noqa: ANN001
 
 @route("POST", r"/containers/([^/]+)/restart")
 def _restart(h, q: Query, name: str) -> None:  # noqa: ANN001
-    with _answers(name):
+    with answers(name):
         _sup(h).stop(name, q.integer("t"))
         _sup(h).start(name)
     h.send(204, b"", "text/plain; charset=utf-8")
@@ -259,14 +268,14 @@ def _restart(h, q: Query, name: str) -> None:  # noqa: ANN001
 
 @route("POST", r"/containers/([^/]+)/kill")
 def _kill(h, q: Query, name: str) -> None:  # noqa: ANN001
-    with _answers(name):
+    with answers(name):
         _sup(h).kill(name, sup.parse_signal(q.one("signal") or "KILL"))
     h.send(204, b"", "text/plain; charset=utf-8")
 
 
 @route("DELETE", r"/containers/([^/]+)")
 def _remove(h, q: Query, name: str) -> None:  # noqa: ANN001
-    with _answers(name):
+    with answers(name):
         _sup(h).remove(name, force=q.flag("force"), anonymous_volumes=q.flag("v"))
     h.send(204, b"", "text/plain; charset=utf-8")
 
@@ -280,7 +289,7 @@ def _prune(h, q: Query) -> None:  # noqa: ANN001
         if s.is_running(c) or c.status == "running" or not labels_match(_labels(c), labels):
             continue
         with contextlib.suppress(ContainerError, ApiError):
-            with _answers(c.id):
+            with answers(c.id):
                 s.remove(c.id)
             deleted.append(c.id)
     h.json(200, {"ContainersDeleted": deleted, "SpaceReclaimed": 0})
@@ -291,7 +300,7 @@ def _resize(h, q: Query, name: str) -> None:  # noqa: ANN001
     height, width = q.integer("h", 0) or 0, q.integer("w", 0) or 0
     if height < 0 or width < 0 or height > 0xFFFF or width > 0xFFFF:
         raise ApiError(400, f"invalid terminal size {height}x{width}")
-    with _answers(name):
+    with answers(name):
         _sup(h).resize(name, height, width)
     try:
         h.send(200, b"", "text/plain; charset=utf-8")
@@ -313,7 +322,7 @@ def _logs(h, q: Query, name: str) -> None:  # noqa: ANN001
     except ValueError:
         raise ApiError(400, f"invalid tail {tail_text!r}: a number or all") from None
     since, until = _unix_time(q.one("since")), _unix_time(q.one("until"))
-    with _answers(name):
+    with answers(name):
         c, past, listener, stop = _sup(h).logs(name, q.flag("follow"))
     tty = bool(c.extra.get("options", {}).get("tty"))
     stamps = q.flag("timestamps")
@@ -355,7 +364,7 @@ def _unix_time(text: str) -> float | None:
 @route("POST", r"/containers/([^/]+)/attach")
 def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
     wanted = {s for s in ("stdout", "stderr") if q.flag(s)}
-    with _answers(name):
+    with answers(name):
         c, channel, past, listener = _sup(h).attach(name, q.flag("logs"))
     opts = c.extra.get("options", {})
     tty = bool(opts.get("tty"))
@@ -598,7 +607,7 @@ def inspect(s: sup.Supervisor, c: Container) -> dict[str, Any]:
 @route("GET", r"/containers/([^/]+)/json")
 def _inspect(h, q: Query, name: str) -> None:  # noqa: ANN001
     s = _sup(h)
-    with _answers(name):
+    with answers(name):
         c = s.find(name)
     h.json(200, inspect(s, c))
 

@@ -10,7 +10,7 @@ import socket
 import threading
 from typing import Any
 
-from buildpy.api.containers import _answers, _frame, _strings, _stream_type, _sup
+from buildpy.api.containers import _frame, _strings, _stream_type, _sup, answers
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
 from buildpy.containers import supervisor as sup
@@ -48,7 +48,7 @@ def _config(body: dict[str, Any]) -> sup.ExecConfig:
 def _create(h, q: Query, name: str) -> None:  # noqa: ANN001
     body = h.json_body() or {}
     config = _config(body)  # DetachKeys: the client's business
-    with _answers(name):
+    with answers(name):
         e = _sup(h).exec_create(name, config)
     h.json(201, {"Id": e.id})
 
@@ -58,7 +58,7 @@ def _start(h, q: Query, exec_id: str) -> None:  # noqa: ANN001
     body = h.json_body() or {}
     detach = bool(body.get("Detach"))
     e = _exec(h, exec_id)
-    with _answers(e.container_id):
+    with answers(e.container_id):
         _, channel, listener = _sup(h).exec_start(e.id, listen=not detach)
     if detach:
         h.send(200, b"", "application/json")

@@ -14,7 +14,7 @@ import stat
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -125,7 +125,7 @@ def serve(store: Store, host: str) -> int:
 
 
 # the modules whose @route endpoints are served
-_AREAS = ("system", "images", "build", "transfer", "containers", "exec", "volumes", "networks")
+_AREAS = ("system", "images", "build", "transfer", "containers", "containerfs", "exec", "volumes", "networks")
 
 
 _STOP_HOOKS: list[Callable[[], None]] = []  # run once the server stops; areas append to it
@@ -374,11 +374,22 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def start_stream(self, content_type: str) -> None:
-        self._headers(200, content_type)
+    def start_stream(self, content_type: str, extra: dict[str, str] | None = None) -> None:
+        self._headers(200, content_type, extra)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.wfile.flush()
+
+    def stream(self, content_type: str, chunks: Iterable[bytes], extra: dict[str, str] | None = None) -> None:
+        """A 200 whose body is `chunks`, sent as they come; a client that leaves ends it."""
+        self.start_stream(content_type, extra)
+        try:
+            for data in chunks:
+                self.chunk(data)
+        except OSError:
+            self.close_connection = True
+            return
+        self.end_stream()
 
     def chunk(self, data: bytes) -> None:
         if data:

@@ -1,4 +1,6 @@
-"""GET /_ping, /version, /info: what the docker CLI asks before anything else."""
+"""GET /_ping, /version, /info: what the docker CLI asks before anything else; GET /system/df:
+the disk usage of images, containers and volumes (`docker system df`), from
+`buildpy.containers.usage`."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import hashlib
 import os
 import platform
 import socket
+import time
 from typing import Any
 
 from buildpy.api.errors import ApiError
@@ -152,6 +155,48 @@ def info(store: Store) -> dict[str, Any]:
     }
 
 
+def disk_usage(store: Store) -> dict[str, Any]:
+    """GET /system/df in v1.41's shapes: images as /images/json lists them with SharedSize and
+    Containers filled in, containers as /containers/json with SizeRw (their upper dir) and
+    SizeRootFs, volumes as /volumes with UsageData; buildpy keeps no BuildKit cache."""
+    from buildpy.api import containers as api_containers
+    from buildpy.api import images as api_images
+    from buildpy.api import volumes as api_volumes
+    from buildpy.cas.reference import tagged_images
+    from buildpy.containers import supervisor, usage, volumes
+
+    tagged = tagged_images(store)
+    layers = usage.layer_usage(t.image for t in tagged)
+    digests: dict[str, set[str]] = {}  # image id -> the manifests that name it
+    for t in tagged:
+        digests.setdefault(t.image.id, set()).add(t.image.digest)
+    sup = supervisor.for_store(store)
+    all_containers = sup.all()
+    images = api_images.list_images(store, {})
+    for entry in images:
+        mine = digests.get(entry["Id"], set())
+        entry["SharedSize"] = layers.shared.get(entry["Id"], 0)
+        entry["Containers"] = sum(c.image_digest in mine or c.extra.get("resolved", {}).get("image_id") == entry["Id"]
+                                  for c in all_containers)
+    sizes = {t.image.digest: t.image.size for t in tagged}
+    now = time.time()
+    ctrs = []
+    for c in all_containers:
+        entry = api_containers.summary(sup, c, now)
+        entry["SizeRw"] = usage.change_size(store, c)
+        entry["SizeRootFs"] = entry["SizeRw"] + sizes.get(c.image_digest, 0)
+        ctrs.append(entry)
+    vols = []
+    for name in volumes.names(store):
+        try:
+            v = volumes.get(store, name)
+        except volumes.NoSuchVolume:
+            continue  # removed meanwhile
+        used = usage.volume_usage(store, name)
+        vols.append({**api_volumes.describe(v), "UsageData": {"Size": used.size, "RefCount": used.ref_count}})
+    return {"LayersSize": layers.total, "Images": images, "Containers": ctrs, "Volumes": vols, "BuildCache": []}
+
+
 # endpoints
 
 
@@ -168,6 +213,11 @@ def _version(h, q: Query) -> None:  # noqa: ANN001
 @route("GET", r"/info")
 def _info(h, q: Query) -> None:  # noqa: ANN001
     h.json(200, info(h.store))
+
+
+@route("GET", r"/system/df")
+def _df(h, q: Query) -> None:  # noqa: ANN001
+    h.json(200, disk_usage(h.store))
 
 
 # buildpy has no engine plugins: the list is empty and any named one is not found (the docker

@@ -368,14 +368,7 @@ def save(h, texts: list[str]) -> None:  # noqa: ANN001 - h: the server's exchang
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     with f:
-        h.start_stream("application/x-tar")
-        try:
-            while data := f.read(SEND_CHUNK):
-                h.chunk(data)
-        except OSError:
-            h.close_connection = True  # the client left
-            return
-        h.end_stream()
+        h.stream("application/x-tar", iter(lambda: f.read(SEND_CHUNK), b""))
 
 
 @route("GET", r"/images/get")

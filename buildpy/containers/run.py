@@ -1,8 +1,10 @@
 """`buildpy run`: an image's ENTRYPOINT/CMD (the CMD replaced by a given command) with its env,
 working dir and user, in the sandbox, on an overlay whose upper dir is the container's own
 (`ROOT/containers/<id>/upper`, kept for `commit` unless `--rm`). Volumes and host dirs are bind
-mounts; limits are a cgroup the sandbox's first process joins before anything runs; `-t` a pty;
-the network as `network.py` says. The exit status is the process's (137 when the memory limit
+mounts (the image's VOLUMEs that no -v covers get anonymous volumes, `--rm` removes them; an
+empty volume is first filled with what the image has there, as docker's copy-up); limits are a
+cgroup the sandbox's first process joins before anything runs; `-t` a pty; the network as
+`network.py` says. The exit status is the process's (137 when the memory limit
 killed it, as docker).
 
 `plan` (image + options → process, mounts, ports, limits), `record` and `sandbox_for` (overlay,
@@ -144,6 +146,40 @@ def parse_volume(store: Store, text: str) -> tuple[str, Path, bool, str]:
     return os.path.normpath(target), volumes.ensure(store, source), mode == "ro", f"volume:{source}"
 
 
+def with_anonymous_volumes(store: Store, opts: RunOptions, image: Image,
+                           wanted: Sequence[str] = ()) -> tuple[RunOptions, tuple[str, ...]]:
+    """`opts` with a new anonymous volume at each path that the image declares a VOLUME, or
+    `wanted` names (the API's Config.Volumes), and that no -v covers — as docker does when a
+    container is created — and the names of the volumes made (for `discard` should the create
+    fail). Called once per container, before `plan` (which the API runs again at start)."""
+    declared = list((image.config.get("config") or {}).get("Volumes") or {})
+    taken = {os.path.normpath(text.split(":")[1]) for text in opts.volumes if text.count(":") >= 1}
+    added: list[str] = []
+    made: list[str] = []
+    try:
+        for path in [*declared, *wanted]:
+            target = os.path.normpath(str(path))
+            if not target.startswith("/") or target == "/" or ":" in target:
+                raise ContainerError(f"invalid volume path {path!r}: it must be absolute, not / and without ':'")
+            if target in taken:
+                continue
+            taken.add(target)
+            name = volumes.create(store).name
+            made.append(name)
+            added.append(f"{name}:{target}")
+    except BaseException:
+        discard(store, made)
+        raise
+    if not added:
+        return opts, ()
+    return dataclasses.replace(opts, volumes=(*opts.volumes, *added)), tuple(made)
+
+
+def discard(store: Store, made: Sequence[str]) -> None:
+    """Remove the anonymous volumes `with_anonymous_volumes` made for a container never created."""
+    volumes.remove_anonymous(store, [f"volume:{name}" for name in made])
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a container will run, checked before its record exists: the process, the mounts,
@@ -161,7 +197,8 @@ class Plan:
 
 
 def plan(store: Store, opts: RunOptions, image: Image) -> Plan:
-    """Everything `opts` asks of `image`, checked; named volumes are made here (as docker)."""
+    """Everything `opts` asks of `image`, checked; named volumes are made here (as docker), and
+    an empty one is given the image's files at its path."""
     from buildpy.sandbox.spec import Mount
 
     argv, env, cwd, user = process_of(image, opts)
@@ -184,11 +221,29 @@ def plan(store: Store, opts: RunOptions, image: Image) -> Plan:
         if reason := available(limits):
             raise ContainerError(reason)
     mounts, mounted = [], []
+    empty: list[tuple[Path, str]] = []
     for text in opts.volumes:
         target, host, readonly, what = parse_volume(store, text)
         mounts.append(Mount(target, "bind", host, readonly))
         mounted.append(what)
+        if what.startswith("volume:") and volumes.is_empty(host):
+            empty.append((host, target))
+    if empty:
+        _copy_up(store, image, empty)
     return Plan(image, argv, env, cwd, user, tuple(mounts), tuple(mounted), tuple(ports), limits)
+
+
+def _copy_up(store: Store, image: Image, empty: Sequence[tuple[Path, str]]) -> None:
+    """Fill each empty volume dir with what the image has at its mount path (docker's copy-up:
+    a new volume starts with the image's files; one with content is left as it is)."""
+    from buildpy.sandbox import snapshots
+
+    with store.lease(), snapshots.use(store, image.layers, image.diff_ids) as lowers:
+        for data, target in empty:
+            try:
+                volumes.fill(data, lowers, target)
+            except OSError as e:
+                raise ContainerError(f"cannot copy the image's {target} into its volume: {e.strerror or e}") from None
 
 
 def record(store: Store, opts: RunOptions, p: Plan, extra: Mapping[str, object] | None = None,
@@ -264,8 +319,13 @@ def run(store: Store, opts: RunOptions, clients: object = None) -> int:
     from buildpy.sandbox.run import run as sandbox_run
 
     image = image_for(store, opts.image, clients)
-    p = plan(store, opts, image)
-    container = record(store, opts, p)
+    opts, made = with_anonymous_volumes(store, opts, image)
+    try:
+        p = plan(store, opts, image)
+        container = record(store, opts, p)
+    except BaseException:
+        discard(store, made)
+        raise
     code = 125
     try:
         with _terminable(), sandbox_for(store, container, p, opts) as box:
@@ -281,6 +341,7 @@ def run(store: Store, opts: RunOptions, clients: object = None) -> int:
         container = dataclasses.replace(container, status="exited", exit_code=code, finished=time.time())
         if opts.remove:
             state.remove(store, container, force=True)
+            volumes.remove_anonymous(store, p.mounted)  # as docker run --rm: named volumes stay
         else:
             state.save(store, container)
     return code
@@ -328,8 +389,12 @@ def _attached(sandbox_run, spec, opts: RunOptions, on_start) -> int:  # noqa: AN
     return sandbox_run(spec, stdin=stdin, on_start=on_start)
 
 
-def commit(store: Store, container: Container, name: str, author: str = "", message: str = "") -> Image:
-    """The container's change as a new layer on its image: a new image named `name`."""
+def commit(store: Store, container: Container, name: str, author: str = "", message: str = "", *,
+           running_ok: bool = False, config: Mapping[str, object] | None = None) -> Image:
+    """The container's change as a new layer on its image: a new image named `name` ("": no
+    name, as `docker commit` without a repository). `running_ok`: a running container's upper
+    dir is committed as it is (the Engine API's commit; nothing is paused). `config`: the
+    image config's `config` to write instead of the base image's."""
     import copy
 
     from buildpy.cas.image import load_image, now_rfc3339, write_image
@@ -339,21 +404,24 @@ def commit(store: Store, container: Container, name: str, author: str = "", mess
     from buildpy.sandbox.step import upper_layer
 
     try:
-        ref = parse(name, allow_digest=False)
+        ref = parse(name, allow_digest=False) if name else None
     except InvalidReference as e:
         raise ContainerError(f"invalid image name {name!r}: {e}") from None
-    if container.status == "running":
+    if container.status == "running" and not running_ok:
         raise ContainerError(f"container {container.name} is running; commit it once it has exited")
     layers = [Descriptor.from_json(d) for d in container.extra.get("layers", [])]
     diff_ids = list(container.extra.get("diff_ids", []))
+    container_config = config
     upper = state.directory(store, container) / "upper"
-    if not upper.is_dir():
+    if not upper.is_dir() and not running_ok:
         raise ContainerError(f"container {container.name} has no change to commit")
     with store.lease():
         base = load_image(store, Descriptor.from_json(_manifest_of(store, container)))
         with snapshots.use(store, layers, diff_ids) as lowers:
-            layer = upper_layer(store, upper, lowers, container.mounts)
+            layer = upper_layer(store, upper, lowers, container.mounts) if upper.is_dir() else None
         config = copy.deepcopy(base.config)
+        if container_config is not None:
+            config["config"] = copy.deepcopy(dict(container_config))
         created = now_rfc3339()
         config["created"] = created
         entry = {"created": created, "created_by": " ".join(container.command)}
@@ -370,7 +438,8 @@ def commit(store: Store, container: Container, name: str, author: str = "", mess
             config["rootfs"]["diff_ids"].append(layer.diff_id)
         config.setdefault("history", []).append(entry)
         image = write_image(store, config, new_layers)
-        store.set_ref(ref.with_tag(ref.tag or "latest").name, image.manifest_descriptor)
+        if ref is not None:
+            store.set_ref(ref.with_tag(ref.tag or "latest").name, image.manifest_descriptor)
     return image
 
 

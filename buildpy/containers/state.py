@@ -69,9 +69,33 @@ def directory(store: Store, container: Container) -> Path:
 
 
 def save(store: Store, container: Container) -> None:
+    """Write the record. Its name is the one on disk: names change only by `rename` (a running
+    container's supervisor saves the record it started with when the container ends)."""
     d = directory(store, container)
     d.mkdir(parents=True, exist_ok=True)
+    on_disk = _load(d)
+    if on_disk is not None and on_disk.name != container.name:
+        container = replace(container, name=on_disk.name)
     write_atomic(d / "container.json", canonical_json(asdict(container)))
+
+
+def rename(store: Store, container: Container, name: str) -> Container:
+    """Give the container a new name (Conflict if another container has it)."""
+    name = name.removeprefix("/")
+    with store.lock("containers"):
+        if not _valid_name(name):
+            raise ContainerError(f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        current = _load(directory(store, container))
+        if current is None:
+            raise NoSuchContainer(f"no container {container.name}")
+        if name == current.name:
+            raise ContainerError("Renaming a container with the same name as its current name")
+        if any(c.name == name for c in all_containers(store)):
+            raise Conflict(f"Conflict. The container name \"/{name}\" is already in use. You have to remove "
+                           "(or rename) that container to be able to reuse that name.")
+        renamed = replace(current, name=name)
+        write_atomic(directory(store, container) / "container.json", canonical_json(asdict(renamed)))
+    return renamed
 
 
 def _load(path: Path) -> Container | None:

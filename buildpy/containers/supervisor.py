@@ -520,9 +520,10 @@ class Supervisor:
                 if not live.started.is_set():
                     live.start_error = error or "the container did not start"
                 c = dataclasses.replace(c, status="exited", exit_code=code, finished=time.time(), error=error)
-                if opts.remove:  # AutoRemove
+                if opts.remove:  # AutoRemove: the container and its anonymous volumes, as docker's
                     with contextlib.suppress(Exception):
                         state.remove(self.store, c, force=True)
+                        volumes.remove_anonymous(self.store, c.extra.get("volumes", []))
                     self._removed.add(c.id)
                     self._forget_execs(c.id)
                 else:
@@ -762,12 +763,7 @@ class Supervisor:
             self._forget_execs(c.id)
             self._cond.notify_all()
         if anonymous_volumes:
-            for what in c.extra.get("volumes", []):
-                name = what.removeprefix("volume:")
-                if what.startswith("volume:"):
-                    with contextlib.suppress(ContainerError):
-                        if volumes.get(self.store, name).anonymous:
-                            volumes.remove(self.store, name)
+            volumes.remove_anonymous(self.store, c.extra.get("volumes", []))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """The server stops: every running container is killed and recorded as exited."""

@@ -173,6 +173,7 @@ def enter(spec: dict) -> None:
             setns(fd, name)
             os.close(fd)
         os.chdir("/")  # joining the mount namespace made its root ours; the cwd follows
+        init.seal_imports()
         os.umask(0o022)
         pid = os.fork()
     except BaseException as e:

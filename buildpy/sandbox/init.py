@@ -26,6 +26,19 @@ FORWARDED = (_signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGTERM, _
              _signal.SIGUSR2, _signal.SIGWINCH, _signal.SIGCONT)
 
 
+def seal_imports() -> None:
+    """From here on this interpreter imports nothing from files: called once the process stands
+    in a container's root, where every path on sys.path is the image's to fill. A module the
+    code forgot to load before would otherwise be read from the image and run with our
+    privileges; sealed, such a slip is an ImportError instead. Built-in and frozen modules stay."""
+    import sys
+
+    sys.path.clear()
+    sys.path_importer_cache.clear()
+    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") in ("BuiltinImporter", "FrozenImporter")]
+    sys.path_hooks.clear()
+
+
 class StepError(Exception):
     """The step cannot start for a reason the user controls (USER, cwd, executable)."""
 
@@ -133,6 +146,7 @@ def main(spec: dict, sock: int, parent_alive: int) -> None:
         # A mount namespace of our own: pivot_root must not move the child's root too.
         sc.unshare(sc.CLONE_NEWNS)
         rootfs.enter_root(spec)
+        seal_imports()
         proc = spec["process"]
         user = users.lookup("/", proc["user"])
         env = _environment(proc["env"], user)
