@@ -45,6 +45,7 @@ def _commit(h, q: Query) -> None:  # noqa: ANN001
     from buildpy.cas.reference import InvalidReference
     from buildpy.containers import imageconfig
     from buildpy.containers import run as runlib
+    from buildpy.planner.changes import ChangeError, apply_changes
 
     name = q.one("container")
     repo, tag = q.one("repo"), q.one("tag")
@@ -54,9 +55,10 @@ def _commit(h, q: Query) -> None:  # noqa: ANN001
     with answers(name, user_error=500):
         c, _ = _found(h, name)
         base = runlib.image_of(h.store, c)
+        config = imageconfig.committed(c, base.config.get("config") or {})
         try:
-            config = imageconfig.committed(c, base.config.get("config") or {}, q.all("changes"))
-        except ContainerError as e:
+            apply_changes(config, q.all("changes"))
+        except ChangeError as e:
             raise ApiError(400, str(e)) from None
         try:
             image = runlib.commit(h.store, c, ref, author=q.one("author"), message=q.one("comment"),

@@ -486,79 +486,11 @@ class _StageState:
         return self._step("meta", ins, label, "ARG " + " ".join(parts))
 
     def _meta(self, ins: Instruction, label: str) -> Step:
-        cfg = self.cfg
-        if isinstance(ins, Env):
-            env = list(cfg.get("Env") or [])
-            for k, v in ins.pairs:
-                for i, e in enumerate(env):
-                    if e.split("=", 1)[0] == k:
-                        env[i] = f"{k}={v}"
-                        break
-                else:
-                    env.append(f"{k}={v}")
-            cfg["Env"] = env
-            history = "ENV " + " ".join(f"{k}={v}" for k, v in ins.pairs)
-        elif isinstance(ins, Label):
-            labels = dict(cfg.get("Labels") or {})
-            for k, v in ins.pairs:
-                labels[k] = v
-            cfg["Labels"] = labels
-            history = "LABEL " + " ".join(f"{k}={v}" for k, v in ins.pairs)
-        elif isinstance(ins, Expose):
-            ports = _parse_ports(ins)
-            exposed = dict(cfg.get("ExposedPorts") or {})
-            for port in ports:
-                exposed[port] = {}
-            cfg["ExposedPorts"] = exposed
-            history = f"EXPOSE [{' '.join(ports)}]"
-        elif isinstance(ins, Volume):
-            volumes = dict(cfg.get("Volumes") or {})
-            for v in ins.paths:
-                if not v:
-                    raise DockerfileError("VOLUME specified can not be an empty string", ins.file, ins.line, ins.col)
-                volumes[v] = {}
-            cfg["Volumes"] = volumes
-            history = f"VOLUME [{' '.join(ins.paths)}]"
-        elif isinstance(ins, StopSignal):
-            _check_signal(ins)
-            cfg["StopSignal"] = ins.signal
-            history = f"STOPSIGNAL {ins.signal}"
-        elif isinstance(ins, User):
-            cfg["User"] = ins.user
-            history = f"USER {ins.user}"
-        elif isinstance(ins, Shell):
-            cfg["Shell"] = list(ins.shell)
-            history = f"SHELL [{' '.join(ins.shell)}]"
-        elif isinstance(ins, Maintainer):
+        if isinstance(ins, Maintainer):
             self.config["author"] = ins.maintainer
             history = f"MAINTAINER {ins.maintainer}"
-        elif isinstance(ins, (Cmd, Entrypoint)):
-            argv = list(self.shell) + list(ins.args) if ins.shell else list(ins.args)
-            quoted = "[" + " ".join(go_quote(a) for a in argv) + "]"
-            if isinstance(ins, Cmd):
-                cfg["Cmd"] = argv
-                cfg["ArgsEscaped"] = True
-                self.cmd_set = True
-                history = f"CMD {quoted}"
-            else:
-                cfg["Entrypoint"] = argv
-                if not self.cmd_set:
-                    cfg["Cmd"] = None
-                history = f"ENTRYPOINT {quoted}"
-        elif isinstance(ins, Healthcheck):
-            hc: dict[str, Any] = {"Test": list(ins.test)}
-            for name, value in (("Interval", ins.interval), ("Timeout", ins.timeout),
-                                ("StartPeriod", ins.start_period), ("StartInterval", ins.start_interval),
-                                ("Retries", ins.retries)):
-                if value:
-                    hc[name] = value
-            cfg["Healthcheck"] = hc
-            history = (f"HEALTHCHECK {{Test:[{' '.join(ins.test)}] Interval:{_go_duration(ins.interval)} "
-                       f"Timeout:{_go_duration(ins.timeout)} StartPeriod:{_go_duration(ins.start_period)} "
-                       f"StartInterval:{_go_duration(ins.start_interval)} Retries:{ins.retries}}}")
         else:
-            raise DockerfileError(f"{type(ins).__name__.upper()} is not supported by buildpy build",
-                                  ins.file, ins.line, ins.col)
+            history, self.cmd_set = apply_metadata(self.cfg, ins, tuple(self.shell), self.cmd_set)
         return self._step("meta", ins, label, history)
 
     def _workdir(self, ins: Workdir, label: str) -> Step:
@@ -899,3 +831,81 @@ def _go_duration(ns: int) -> str:
 def _trim(value: float) -> str:
     text = f"{value:.9f}".rstrip("0").rstrip(".")
     return text or "0"
+
+
+def apply_metadata(cfg: dict[str, Any], ins: Instruction, shell: tuple[str, ...],
+                   cmd_set: bool) -> tuple[str, bool]:
+    """A metadata instruction (ENV, LABEL, EXPOSE, VOLUME, STOPSIGNAL, USER, SHELL, CMD,
+    ENTRYPOINT, HEALTHCHECK) applied to an image's `config` object: its history text, and
+    whether CMD has been set in the stage (an ENTRYPOINT after none clears the CMD). One way for
+    a build's steps and `docker commit --change`."""
+    if isinstance(ins, Env):
+        env = list(cfg.get("Env") or [])
+        for k, v in ins.pairs:
+            for i, e in enumerate(env):
+                if e.split("=", 1)[0] == k:
+                    env[i] = f"{k}={v}"
+                    break
+            else:
+                env.append(f"{k}={v}")
+        cfg["Env"] = env
+        history = "ENV " + " ".join(f"{k}={v}" for k, v in ins.pairs)
+    elif isinstance(ins, Label):
+        labels = dict(cfg.get("Labels") or {})
+        for k, v in ins.pairs:
+            labels[k] = v
+        cfg["Labels"] = labels
+        history = "LABEL " + " ".join(f"{k}={v}" for k, v in ins.pairs)
+    elif isinstance(ins, Expose):
+        ports = _parse_ports(ins)
+        exposed = dict(cfg.get("ExposedPorts") or {})
+        for port in ports:
+            exposed[port] = {}
+        cfg["ExposedPorts"] = exposed
+        history = f"EXPOSE [{' '.join(ports)}]"
+    elif isinstance(ins, Volume):
+        volumes = dict(cfg.get("Volumes") or {})
+        for v in ins.paths:
+            if not v:
+                raise DockerfileError("VOLUME specified can not be an empty string", ins.file, ins.line, ins.col)
+            volumes[v] = {}
+        cfg["Volumes"] = volumes
+        history = f"VOLUME [{' '.join(ins.paths)}]"
+    elif isinstance(ins, StopSignal):
+        _check_signal(ins)
+        cfg["StopSignal"] = ins.signal
+        history = f"STOPSIGNAL {ins.signal}"
+    elif isinstance(ins, User):
+        cfg["User"] = ins.user
+        history = f"USER {ins.user}"
+    elif isinstance(ins, Shell):
+        cfg["Shell"] = list(ins.shell)
+        history = f"SHELL [{' '.join(ins.shell)}]"
+    elif isinstance(ins, (Cmd, Entrypoint)):
+        argv = list(shell) + list(ins.args) if ins.shell else list(ins.args)
+        quoted = "[" + " ".join(go_quote(a) for a in argv) + "]"
+        if isinstance(ins, Cmd):
+            cfg["Cmd"] = argv
+            cfg["ArgsEscaped"] = True
+            cmd_set = True
+            history = f"CMD {quoted}"
+        else:
+            cfg["Entrypoint"] = argv
+            if not cmd_set:
+                cfg["Cmd"] = None
+            history = f"ENTRYPOINT {quoted}"
+    elif isinstance(ins, Healthcheck):
+        hc: dict[str, Any] = {"Test": list(ins.test)}
+        for name, value in (("Interval", ins.interval), ("Timeout", ins.timeout),
+                            ("StartPeriod", ins.start_period), ("StartInterval", ins.start_interval),
+                            ("Retries", ins.retries)):
+            if value:
+                hc[name] = value
+        cfg["Healthcheck"] = hc
+        history = (f"HEALTHCHECK {{Test:[{' '.join(ins.test)}] Interval:{_go_duration(ins.interval)} "
+                   f"Timeout:{_go_duration(ins.timeout)} StartPeriod:{_go_duration(ins.start_period)} "
+                   f"StartInterval:{_go_duration(ins.start_interval)} Retries:{ins.retries}}}")
+    else:
+        raise DockerfileError(f"{type(ins).__name__.upper()} is not supported by buildpy build",
+                              ins.file, ins.line, ins.col)
+    return history, cmd_set
