@@ -36,7 +36,7 @@ _STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
 server._STOP_HOOKS.append(sup.shutdown_all)
 
 
-def _sup(h) -> sup.Supervisor:  # noqa: ANN001 - h: the server's exchange
+def supervisor_of(h) -> sup.Supervisor:  # noqa: ANN001 - h: the server's exchange
     return sup.for_store(h.store)
 
 
@@ -80,11 +80,11 @@ def _api_version(h) -> tuple[int, int]:  # noqa: ANN001
     return (int(m.group(1)), int(m.group(2))) if m else (1, 41)
 
 
-def _stream_type(h, tty: bool) -> str:  # noqa: ANN001
+def stream_type(h, tty: bool) -> str:  # noqa: ANN001
     return MULTIPLEXED if not tty and _api_version(h) >= (1, 42) else RAW
 
 
-def _frame(stream: str, data: bytes, tty: bool) -> bytes:
+def frame(stream: str, data: bytes, tty: bool) -> bytes:
     if tty:
         return data
     return bytes([_STREAMS.get(stream, 1), 0, 0, 0]) + len(data).to_bytes(4, "big") + data
@@ -93,7 +93,7 @@ def _frame(stream: str, data: bytes, tty: bool) -> bytes:
 # create
 
 
-def _strings(value: Any, what: str) -> tuple[str, ...] | None:
+def strings(value: Any, what: str) -> tuple[str, ...] | None:
     """A list of strings (or one string, as old clients send Cmd) from the request; None if null."""
     if value is None:
         return None
@@ -180,7 +180,7 @@ def options(store: Store, name: str, body: dict[str, Any]) -> tuple[RunOptions, 
     if not image or not isinstance(image, str):
         raise ApiError(400, "config has no Image")
     network = networks.mode_of(str(host.get("NetworkMode") or ""))
-    binds = list(_strings(host.get("Binds"), "Binds") or ())
+    binds = list(strings(host.get("Binds"), "Binds") or ())
     mounts = host.get("Mounts") or []
     if not isinstance(mounts, list):
         raise ApiError(400, "invalid Mounts: not a list")
@@ -194,12 +194,12 @@ def options(store: Store, name: str, body: dict[str, Any]) -> tuple[RunOptions, 
     for value, what in ((memory, "Memory"), (nano_cpus, "NanoCpus"), (pids or 0, "PidsLimit")):
         if not isinstance(value, int) or isinstance(value, bool):
             raise ApiError(400, f"invalid {what}: not an integer")
-    entrypoint = _strings(body.get("Entrypoint"), "Entrypoint")
+    entrypoint = strings(body.get("Entrypoint"), "Entrypoint")
     if entrypoint == ("",):
         entrypoint = ()  # `--entrypoint ""`: none
     opts = RunOptions(
-        image=image, command=_strings(body.get("Cmd"), "Cmd") or (), name=name, remove=bool(host.get("AutoRemove")),
-        env=_strings(body.get("Env"), "Env") or (), workdir=str(body.get("WorkingDir") or ""),
+        image=image, command=strings(body.get("Cmd"), "Cmd") or (), name=name, remove=bool(host.get("AutoRemove")),
+        env=strings(body.get("Env"), "Env") or (), workdir=str(body.get("WorkingDir") or ""),
         user=str(body.get("User")) if body.get("User") else None, volumes=tuple(binds), network=network,
         ports=_ports(host.get("PortBindings")), hostname=str(body.get("Hostname") or ""),
         interactive=bool(body.get("OpenStdin")), tty=bool(body.get("Tty")),
@@ -218,7 +218,7 @@ def _create(h, q: Query) -> None:  # noqa: ANN001
         opts, made = options(h.store, name, body)
         config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
         try:
-            c = _sup(h).create(opts, {"docker": {"Config": config, "HostConfig": body.get("HostConfig") or {}}})
+            c = supervisor_of(h).create(opts, {"docker": {"Config": config, "HostConfig": body.get("HostConfig") or {}}})
         except BaseException:
             runlib.discard(h.store, made)
             raise
@@ -231,14 +231,14 @@ def _create(h, q: Query) -> None:  # noqa: ANN001
 @route("POST", r"/containers/([^/]+)/start")
 def _start(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
-        started = _sup(h).start(name)
+        started = supervisor_of(h).start(name)
     h.send(204 if started else 304, b"", "text/plain; charset=utf-8")
 
 
 @route("POST", r"/containers/([^/]+)/wait")
 def _wait(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
-        block = _sup(h).waiter(name, q.one("condition"))
+        block = supervisor_of(h).waiter(name, q.one("condition"))
     h.start_stream("application/json")  # the client knows the wait is registered: it may start now
     code, _error = block()  # why it failed is the container's State.Error and its log: the wait itself worked
     try:
@@ -251,38 +251,38 @@ def _wait(h, q: Query, name: str) -> None:  # noqa: ANN001
 @route("POST", r"/containers/([^/]+)/stop")
 def _stop(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
-        c = _sup(h).find(name)
+        c = supervisor_of(h).find(name)
         stop_signal = (c.extra.get("docker", {}).get("Config") or {}).get("StopSignal") or "SIGTERM"
         signum = sup.parse_signal(q.one("signal") or stop_signal)
-        stopped = _sup(h).stop(name, q.integer("t"), signum)
+        stopped = supervisor_of(h).stop(name, q.integer("t"), signum)
     h.send(204 if stopped else 304, b"", "text/plain; charset=utf-8")
 
 
 @route("POST", r"/containers/([^/]+)/restart")
 def _restart(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
-        _sup(h).stop(name, q.integer("t"))
-        _sup(h).start(name)
+        supervisor_of(h).stop(name, q.integer("t"))
+        supervisor_of(h).start(name)
     h.send(204, b"", "text/plain; charset=utf-8")
 
 
 @route("POST", r"/containers/([^/]+)/kill")
 def _kill(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
-        _sup(h).kill(name, sup.parse_signal(q.one("signal") or "KILL"))
+        supervisor_of(h).kill(name, sup.parse_signal(q.one("signal") or "KILL"))
     h.send(204, b"", "text/plain; charset=utf-8")
 
 
 @route("DELETE", r"/containers/([^/]+)")
 def _remove(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
-        _sup(h).remove(name, force=q.flag("force"), anonymous_volumes=q.flag("v"))
+        supervisor_of(h).remove(name, force=q.flag("force"), anonymous_volumes=q.flag("v"))
     h.send(204, b"", "text/plain; charset=utf-8")
 
 
 @route("POST", r"/containers/prune")
 def _prune(h, q: Query) -> None:  # noqa: ANN001
-    s = _sup(h)
+    s = supervisor_of(h)
     labels = q.filters(("label",)).get("label", [])
     deleted = []
     for c in s.all():
@@ -301,7 +301,7 @@ def _resize(h, q: Query, name: str) -> None:  # noqa: ANN001
     if height < 0 or width < 0 or height > 0xFFFF or width > 0xFFFF:
         raise ApiError(400, f"invalid terminal size {height}x{width}")
     with answers(name):
-        _sup(h).resize(name, height, width)
+        supervisor_of(h).resize(name, height, width)
     try:
         h.send(200, b"", "text/plain; charset=utf-8")
     except OSError:
@@ -323,7 +323,7 @@ def _logs(h, q: Query, name: str) -> None:  # noqa: ANN001
         raise ApiError(400, f"invalid tail {tail_text!r}: a number or all") from None
     since, until = _unix_time(q.one("since")), _unix_time(q.one("until"))
     with answers(name):
-        c, past, listener, stop = _sup(h).logs(name, q.flag("follow"))
+        c, past, listener, stop = supervisor_of(h).logs(name, q.flag("follow"))
     tty = bool(c.extra.get("options", {}).get("tty"))
     stamps = q.flag("timestamps")
 
@@ -331,12 +331,12 @@ def _logs(h, q: Query, name: str) -> None:  # noqa: ANN001
         if e.stream not in wanted or (since is not None and e.time < since) or (until is not None and e.time > until):
             return b""
         data = (_rfc3339(e.time).encode() + b" " + e.data) if stamps else e.data
-        return _frame(e.stream, data, tty)
+        return frame(e.stream, data, tty)
 
     past = [e for e in past if e.stream in wanted]
     if tail is not None:
         past = past[len(past) - tail:] if 0 <= tail < len(past) else past
-    h.start_stream(_stream_type(h, tty))
+    h.start_stream(stream_type(h, tty))
     try:
         for e in past:
             h.chunk(out(e))
@@ -365,7 +365,7 @@ def _unix_time(text: str) -> float | None:
 def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
     wanted = {s for s in ("stdout", "stderr") if q.flag(s)}
     with answers(name):
-        c, channel, past, listener = _sup(h).attach(name, q.flag("logs"))
+        c, channel, past, listener = supervisor_of(h).attach(name, q.flag("logs"))
     opts = c.extra.get("options", {})
     tty = bool(opts.get("tty"))
     stdin_once = bool((c.extra.get("docker", {}).get("Config") or {}).get("StdinOnce"))
@@ -373,7 +373,7 @@ def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
         channel.unlisten(listener)
         listener = None
     try:
-        reader, sock = h.hijack(_stream_type(h, tty))
+        reader, sock = h.hijack(stream_type(h, tty))
     except OSError:
         if listener is not None:
             channel.unlisten(listener)
@@ -383,13 +383,13 @@ def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
     try:
         for e in past:
             if e.stream in wanted:
-                sock.sendall(_frame(e.stream, e.data, tty))
+                sock.sendall(frame(e.stream, e.data, tty))
         while listener is not None:
             e = listener.get()
             if e is sup.End:
                 break
             if e.stream in wanted:
-                sock.sendall(_frame(e.stream, e.data, tty))
+                sock.sendall(frame(e.stream, e.data, tty))
     except OSError:
         pass  # the client went away; the container goes on
     finally:
@@ -491,7 +491,7 @@ def summary(s: sup.Supervisor, c: Container, now: float) -> dict[str, Any]:
 
 @route("GET", r"/containers/json")
 def _list(h, q: Query) -> None:  # noqa: ANN001
-    s = _sup(h)
+    s = supervisor_of(h)
     filters = q.filters(("label", "name", "id", "status"))
     now = time.time()
     out = []
@@ -606,7 +606,7 @@ def inspect(s: sup.Supervisor, c: Container) -> dict[str, Any]:
 
 @route("GET", r"/containers/([^/]+)/json")
 def _inspect(h, q: Query, name: str) -> None:  # noqa: ANN001
-    s = _sup(h)
+    s = supervisor_of(h)
     with answers(name):
         c = s.find(name)
     h.json(200, inspect(s, c))

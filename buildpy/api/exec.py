@@ -10,7 +10,7 @@ import socket
 import threading
 from typing import Any
 
-from buildpy.api.containers import _frame, _strings, _stream_type, _sup, answers
+from buildpy.api.containers import answers, frame, stream_type, strings, supervisor_of
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
 from buildpy.containers import supervisor as sup
@@ -18,7 +18,7 @@ from buildpy.containers import supervisor as sup
 
 def _exec(h, exec_id: str) -> sup.Exec:  # noqa: ANN001 - h: the server's exchange
     try:
-        return _sup(h).exec_get(exec_id)
+        return supervisor_of(h).exec_get(exec_id)
     except sup.NoSuchExec:
         raise ApiError(404, f"No such exec instance: {exec_id}") from None
 
@@ -26,7 +26,7 @@ def _exec(h, exec_id: str) -> sup.Exec:  # noqa: ANN001 - h: the server's exchan
 def _config(body: dict[str, Any]) -> sup.ExecConfig:
     if body.get("Privileged"):
         raise ApiError(501, "buildpy does not implement privileged exec (its containers are never privileged)")
-    args = _strings(body.get("Cmd"), "Cmd") or ()
+    args = strings(body.get("Cmd"), "Cmd") or ()
     if not args:
         raise ApiError(400, "No exec command specified")
     user = body.get("User") or ""
@@ -35,7 +35,7 @@ def _config(body: dict[str, Any]) -> sup.ExecConfig:
         raise ApiError(400, "invalid User or WorkingDir: expected strings")
     if workdir and not workdir.startswith("/"):
         raise ApiError(400, f"the working directory '{workdir}' is invalid, it needs to be an absolute path")
-    env = _strings(body.get("Env"), "Env") or ()
+    env = strings(body.get("Env"), "Env") or ()
     for item in env:
         if not item.partition("=")[0]:
             raise ApiError(400, f"invalid environment variable: {item!r}")
@@ -49,7 +49,7 @@ def _create(h, q: Query, name: str) -> None:  # noqa: ANN001
     body = h.json_body() or {}
     config = _config(body)  # DetachKeys: the client's business
     with answers(name):
-        e = _sup(h).exec_create(name, config)
+        e = supervisor_of(h).exec_create(name, config)
     h.json(201, {"Id": e.id})
 
 
@@ -59,14 +59,14 @@ def _start(h, q: Query, exec_id: str) -> None:  # noqa: ANN001
     detach = bool(body.get("Detach"))
     e = _exec(h, exec_id)
     with answers(e.container_id):
-        _, channel, listener = _sup(h).exec_start(e.id, listen=not detach)
+        _, channel, listener = supervisor_of(h).exec_start(e.id, listen=not detach)
     if detach:
         h.send(200, b"", "application/json")
         return
     tty = e.config.tty
     wanted = {s for s, on in (("stdout", e.config.stdout), ("stderr", e.config.stderr)) if on}
     try:
-        reader, sock = h.hijack(_stream_type(h, tty))
+        reader, sock = h.hijack(stream_type(h, tty))
     except OSError:
         if listener is not None:
             channel.unlisten(listener)
@@ -80,7 +80,7 @@ def _start(h, q: Query, exec_id: str) -> None:  # noqa: ANN001
             if entry is sup.End:
                 break
             if entry.stream in wanted:
-                sock.sendall(_frame(entry.stream, entry.data, tty))
+                sock.sendall(frame(entry.stream, entry.data, tty))
     except OSError:
         pass  # the client went away; the command goes on, as docker's
     finally:
@@ -107,7 +107,7 @@ def _resize(h, q: Query, exec_id: str) -> None:  # noqa: ANN001
     if height < 0 or width < 0 or height > 0xFFFF or width > 0xFFFF:
         raise ApiError(400, f"invalid terminal size {height}x{width}")
     e = _exec(h, exec_id)
-    _sup(h).exec_resize(e.id, height, width)
+    supervisor_of(h).exec_resize(e.id, height, width)
     try:
         h.send(200, b"", "text/plain; charset=utf-8")
     except OSError:
