@@ -143,14 +143,7 @@ def _start(spec: dict) -> None:
 
 
 def _wait(child: int) -> int:
-    def forward(signum: int, _frame: object) -> None:
-        try:
-            os.kill(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in FORWARDED:
-        _signal.signal(sig, forward)
+    init.forward_signals(child, FORWARDED)
     while True:
         try:
             _, status = os.waitpid(child, 0)

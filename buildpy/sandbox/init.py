@@ -163,17 +163,22 @@ def main(spec: dict, sock: int, parent_alive: int) -> None:
     os._exit(_reap(pid))
 
 
-def _reap(step: int) -> int:
-    """Forward signals to the step and reap every child until the step is gone; its exit code."""
+def forward_signals(to: int, signals: tuple[int, ...] = FORWARDED) -> None:
+    """The signals this process gets go on to process `to` (the step, or an exec's command)."""
 
     def forward(signum: int, _frame: object) -> None:
         try:
-            os.kill(step, signum)
+            os.kill(to, signum)
         except ProcessLookupError:
             pass
 
-    for sig in FORWARDED:
+    for sig in signals:
         _signal.signal(sig, forward)
+
+
+def _reap(step: int) -> int:
+    """Forward signals to the step and reap every child until the step is gone; its exit code."""
+    forward_signals(step)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
