@@ -5,6 +5,7 @@ stop, kill, remove, list, inspect, prune — Docker's JSON translated to and fro
 from __future__ import annotations
 
 import contextlib
+import queue
 import json
 import os
 import re
@@ -378,8 +379,19 @@ def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
         if listener is not None:
             channel.unlisten(listener)
         raise
-    if q.flag("stdin") and opts.get("interactive"):
-        threading.Thread(target=_copy_stdin, args=(reader, channel, stdin_once), daemon=True).start()
+    relay(reader, sock, channel, past, listener, wanted, tty,
+          stdin=q.flag("stdin") and bool(opts.get("interactive")), close_stdin_at_end=stdin_once)
+
+
+def relay(reader, sock: socket.socket, channel: sup._Channel, past: list[sup.Entry],  # noqa: ANN001
+          listener: queue.SimpleQueue | None, wanted: set[str], tty: bool, *, stdin: bool,
+          close_stdin_at_end: bool) -> None:
+    """A hijacked connection's two ways (attach, exec start): the client's bytes to the process's
+    stdin (closed when they end, if `close_stdin_at_end`), the process's output (`past`, then
+    what the listener gets) to the client, framed unless a tty; a client gone ends the relay
+    only, never the process."""
+    if stdin:
+        threading.Thread(target=_copy_stdin, args=(reader, channel, close_stdin_at_end), daemon=True).start()
     try:
         for e in past:
             if e.stream in wanted:
@@ -391,7 +403,7 @@ def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
             if e.stream in wanted:
                 sock.sendall(frame(e.stream, e.data, tty))
     except OSError:
-        pass  # the client went away; the container goes on
+        pass  # the client went away; the process goes on
     finally:
         if listener is not None:
             channel.unlisten(listener)
@@ -399,15 +411,15 @@ def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _copy_stdin(reader, channel: sup._Channel, stdin_once: bool) -> None:  # noqa: ANN001
-    """The client's stdin to the container's, until the client closes its side."""
+def _copy_stdin(reader, channel: sup._Channel, close_at_end: bool) -> None:  # noqa: ANN001
+    """The client's stdin to the process's, until the client closes its side or leaves."""
     try:
         while data := reader.read1(1 << 16):
             channel.write_stdin(data)
     except (OSError, ValueError):
-        return  # the connection is gone
-    if stdin_once:
-        channel.close_stdin()
+        pass  # the connection is gone
+    if close_at_end:
+        channel.close_stdin()  # ^D on a terminal
 
 
 # list, inspect

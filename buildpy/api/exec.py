@@ -5,12 +5,9 @@ bytes with one; or detached), resize its terminal, inspect it. The processes are
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from typing import Any
 
-from buildpy.api.containers import answers, frame, stream_type, strings, supervisor_of
+from buildpy.api.containers import answers, relay, stream_type, strings, supervisor_of
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
 from buildpy.containers import supervisor as sup
@@ -72,33 +69,8 @@ def _start(h, q: Query, exec_id: str) -> None:  # noqa: ANN001
             channel.unlisten(listener)
         channel.close_stdin()
         raise
-    if e.config.stdin:
-        threading.Thread(target=_copy_stdin, args=(reader, channel), daemon=True).start()
-    try:
-        while listener is not None:
-            entry = listener.get()
-            if entry is sup.End:
-                break
-            if entry.stream in wanted:
-                sock.sendall(frame(entry.stream, entry.data, tty))
-    except OSError:
-        pass  # the client went away; the command goes on, as docker's
-    finally:
-        if listener is not None:
-            channel.unlisten(listener)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _copy_stdin(reader, channel: sup._ExecChannel) -> None:  # noqa: ANN001
-    """The client's stdin to the command's; its end (the client's half-close) ends the command's
-    stdin (^D on a terminal), as docker exec does."""
-    try:
-        while data := reader.read1(1 << 16):
-            channel.write_stdin(data)
-    except (OSError, ValueError):
-        pass  # the connection is gone
-    channel.close_stdin()
+    # the client's half-close ends the command's stdin, as docker exec does
+    relay(reader, sock, channel, [], listener, wanted, tty, stdin=e.config.stdin, close_stdin_at_end=True)
 
 
 @route("POST", r"/exec/([^/]+)/resize")

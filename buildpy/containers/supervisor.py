@@ -214,14 +214,21 @@ class _Channel:
             with contextlib.suppress(OSError):
                 fcntl.ioctl(self.ours[0], termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
-    def pump(self) -> None:
-        """Read the container's output until its end (every writer gone)."""
+    def pump(self, wake: int | None = None) -> None:
+        """Read the output until its end (every writer gone), or until `wake` is readable: then
+        what is already there, and no more."""
         sel = selectors.DefaultSelector()
         for fd, stream in self.outputs:
             sel.register(fd, selectors.EVENT_READ, stream)
+        if wake is not None:
+            sel.register(wake, selectors.EVENT_READ, None)
         try:
-            while sel.get_map():
+            while any(k.data is not None for k in sel.get_map().values()):
                 for key, _ in sel.select():
+                    if key.data is None:
+                        for fd, stream in [(k.fd, k.data) for k in sel.get_map().values() if k.data]:
+                            self._drain(fd, stream)
+                        return
                     try:
                         data = os.read(key.fd, 1 << 16)
                     except OSError:  # EIO: a pty whose every slave is closed
@@ -232,6 +239,17 @@ class _Channel:
                     self.emit(key.data, data)
         finally:
             sel.close()
+
+    def _drain(self, fd: int, stream: str) -> None:
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:  # EAGAIN: nothing more now; EIO: a closed pty
+                return
+            if not data:
+                return
+            self.emit(stream, data)
 
     def end(self) -> None:
         """The run is over: listeners get End, every fd of ours goes."""
@@ -315,39 +333,8 @@ class _ExecChannel(_Channel):
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
-    def pump(self) -> None:
-        sel = selectors.DefaultSelector()
-        for fd, stream in self.outputs:
-            sel.register(fd, selectors.EVENT_READ, stream)
-        sel.register(self._wake_r, selectors.EVENT_READ, None)
-        try:
-            while len(sel.get_map()) > 1:
-                for key, _ in sel.select():
-                    if key.data is None:  # stop: what is already there, then no more
-                        for fd, stream in [(k.fd, k.data) for k in sel.get_map().values() if k.data]:
-                            self._drain(fd, stream)
-                        return
-                    try:
-                        data = os.read(key.fd, 1 << 16)
-                    except OSError:  # EIO: a pty whose every slave is closed
-                        data = b""
-                    if not data:
-                        sel.unregister(key.fd)
-                        continue
-                    self.emit(key.data, data)
-        finally:
-            sel.close()
-
-    def _drain(self, fd: int, stream: str) -> None:
-        os.set_blocking(fd, False)
-        while True:
-            try:
-                data = os.read(fd, 1 << 16)
-            except OSError:  # EAGAIN: nothing more now; EIO: a closed pty
-                return
-            if not data:
-                return
-            self.emit(stream, data)
+    def pump(self, wake: int | None = None) -> None:
+        super().pump(self._wake_r if wake is None else wake)
 
     def end(self) -> None:
         super().end()
