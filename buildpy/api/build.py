@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildpy.api import buildcontext
+from buildpy.api import events as event_bus  # `events` names poll results below
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
 from buildpy.cas.store import Store
@@ -155,6 +156,8 @@ def run(store: Store, params: Params, context: Path, dockerfile: Path, send: Sen
                        stream=out, remote=Remote(_clients()))
         out.close()
         image_id = result.image.id
+        for t in params.tags:
+            event_bus.image_named(store, "tag", t)
         send({"aux": {"ID": image_id}})
         if params.quiet:
             send({"stream": image_id + "\n"})

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 
+from buildpy.api import events
 from buildpy.api.containers import answers
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
@@ -69,6 +70,10 @@ def _commit(h, q: Query) -> None:  # noqa: ANN001
             if str(e).startswith("invalid image name"):
                 raise ApiError(400, str(e)) from None
             raise
+    if ref:  # as docker: the new name's tag, then the commit
+        events.image_named(h.store, "tag", ref)
+    events.container("commit", c, {"comment": q.one("comment"), "imageID": image.id,
+                                   "imageRef": events.familiar(ref) if ref else ""})
     h.json(201, {"Id": image.id})
 
 
@@ -141,11 +146,12 @@ def _rename(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name, user_error=500):
         c, _ = _found(h, name)
         try:
-            state.rename(h.store, c, new)
+            renamed = state.rename(h.store, c, new)
         except Conflict:
             raise
         except NoSuchContainer:
             raise
         except ContainerError as e:
             raise ApiError(400, str(e)) from None
+    events.container("rename", renamed, {"oldName": "/" + c.name})
     h.send(204, b"", "text/plain; charset=utf-8")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from buildpy.api import server
+from buildpy.api import events, server
 from buildpy.api.errors import ApiError, as_api_error
 from buildpy.api import networks
 from buildpy.api.routing import Query, labels_match, route
@@ -223,6 +223,7 @@ def _create(h, q: Query) -> None:  # noqa: ANN001
         except BaseException:
             runlib.discard(h.store, made)
             raise
+    events.container("create", c)
     h.json(201, {"Id": c.id, "Warnings": []})
 
 
@@ -256,6 +257,8 @@ def _stop(h, q: Query, name: str) -> None:  # noqa: ANN001
         stop_signal = (c.extra.get("docker", {}).get("Config") or {}).get("StopSignal") or "SIGTERM"
         signum = sup.parse_signal(q.one("signal") or stop_signal)
         stopped = supervisor_of(h).stop(name, q.integer("t"), signum)
+    if stopped:
+        events.container("stop", c)
     h.send(204 if stopped else 304, b"", "text/plain; charset=utf-8")
 
 
@@ -264,6 +267,7 @@ def _restart(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
         supervisor_of(h).stop(name, q.integer("t"))
         supervisor_of(h).start(name)
+        events.container("restart", supervisor_of(h).find(name))
     h.send(204, b"", "text/plain; charset=utf-8")
 
 
@@ -277,7 +281,9 @@ def _kill(h, q: Query, name: str) -> None:  # noqa: ANN001
 @route("DELETE", r"/containers/([^/]+)")
 def _remove(h, q: Query, name: str) -> None:  # noqa: ANN001
     with answers(name):
+        c = supervisor_of(h).find(name)
         supervisor_of(h).remove(name, force=q.flag("force"), anonymous_volumes=q.flag("v"))
+    events.container("destroy", c)
     h.send(204, b"", "text/plain; charset=utf-8")
 
 
@@ -292,6 +298,7 @@ def _prune(h, q: Query) -> None:  # noqa: ANN001
         with contextlib.suppress(ContainerError, ApiError):
             with answers(c.id):
                 s.remove(c.id)
+            events.container("destroy", c)
             deleted.append(c.id)
     h.json(200, {"ContainersDeleted": deleted, "SpaceReclaimed": 0})
 
@@ -373,6 +380,7 @@ def _attach(h, q: Query, name: str) -> None:  # noqa: ANN001
     if not q.flag("stream") and listener is not None:
         channel.unlisten(listener)
         listener = None
+    events.container("attach", c)  # before the answer: `docker run` starts the container once it has it
     try:
         reader, sock = h.hijack(stream_type(h, tty))
     except OSError:

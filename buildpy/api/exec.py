@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from buildpy.api import events
 from buildpy.api.containers import answers, relay, stream_type, strings, supervisor_of
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, route
@@ -47,6 +48,7 @@ def _create(h, q: Query, name: str) -> None:  # noqa: ANN001
     config = _config(body)  # DetachKeys: the client's business
     with answers(name):
         e = supervisor_of(h).exec_create(name, config)
+    events.exec_event(h.store, "exec_create", e)
     h.json(201, {"Id": e.id})
 
 
@@ -57,6 +59,7 @@ def _start(h, q: Query, exec_id: str) -> None:  # noqa: ANN001
     e = _exec(h, exec_id)
     with answers(e.container_id):
         _, channel, listener = supervisor_of(h).exec_start(e.id, listen=not detach)
+    events.exec_event(h.store, "exec_start", e)
     if detach:
         h.send(200, b"", "application/json")
         return

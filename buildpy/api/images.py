@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
+from buildpy.api import events
 from buildpy.api.errors import ApiError, as_api_error, no_such_image
 from buildpy.api.routing import Query, dangling, route
 from buildpy.cas.store import Store
@@ -200,9 +201,14 @@ def _history(h, q: Query, name: str) -> None:  # noqa: ANN001
 @route("POST", r"/images/(.+)/tag")
 def _tag(h, q: Query, name: str) -> None:  # noqa: ANN001
     tag(h.store, name, q.one("repo"), q.one("tag"))
+    events.image_named(h.store, "tag", f"{q.one('repo')}:{q.one('tag') or 'latest'}")
     h.send(201, b"", "text/plain; charset=utf-8")
 
 
 @route("DELETE", r"/images/(.+)")
 def _remove(h, q: Query, name: str) -> None:  # noqa: ANN001
-    h.json(200, remove(h.store, name, q.flag("force")))
+    found = events.resolved(h.store, name)  # before: an untagged image's ID names nothing after
+    deleted = remove(h.store, name, q.flag("force"))
+    for _ in deleted if found else ():
+        events.image("untag", found[0], found[0], found[1])  # docker names the image by its ID
+    h.json(200, deleted)

@@ -125,7 +125,7 @@ def serve(store: Store, host: str) -> int:
 
 
 # the modules whose @route endpoints are served
-_AREAS = ("system", "images", "build", "transfer", "containers", "containerfs", "exec", "volumes", "networks")
+_AREAS = ("system", "images", "build", "transfer", "containers", "containerfs", "exec", "volumes", "networks", "events")
 
 
 _STOP_HOOKS: list[Callable[[], None]] = []  # run once the server stops; areas append to it

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from buildpy.api import events
 from buildpy.api.errors import ApiError, as_api_error
 from buildpy.api.routing import Query, dangling, route
 from buildpy.cas.store import Store
@@ -222,6 +223,7 @@ def pull(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
             stream.status("Pull complete", _short(layer.digest), {})
     stream.status(f"Digest: {pulled.digest}")
     name = _familiar(pulled.name)
+    events.image("pull", name, name)  # docker names a pull's image by the name pulled
     stream.status(f"Status: Downloaded newer image for {name}" if pulled.updated
                   else f"Status: Image is up to date for {name}")
     stream.end()
@@ -304,6 +306,7 @@ def push(h, q: Query, name: str) -> None:  # noqa: ANN001 - h: the server's exch
                     stream.status("Pushed", ident, {})
 
             target, digest = push_image(store, source, None, clients, progress)
+            events.image("push", _familiar(source), _familiar(source))
             size = store.blob_size(digest) if store.has_blob(digest) else 0
             tag = target.tag or ""
             stream.status(f"{tag}: digest: {digest} size: {size}")
@@ -367,6 +370,7 @@ def save(h, texts: list[str]) -> None:  # noqa: ANN001 - h: the server's exchang
             raise as_api_error(e) from None
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+        events.images_named(store, "save", names)
     with f:
         h.stream("application/x-tar", iter(lambda: f.read(SEND_CHUNK), b""))
 
@@ -412,6 +416,7 @@ def load(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
                 os.unlink(spool)
             except FileNotFoundError:
                 pass
+    events.images_loaded("load", loaded)
     stream = Stream(h)
     for name, image in loaded:
         stream.send({"stream": f"Loaded image: {_familiar(name)}\n" if name else f"Loaded image ID: {image.id}\n"})
@@ -439,6 +444,8 @@ def prune(store: Store, dangling_only: bool) -> dict[str, Any]:
     from buildpy.containers.prune import prune as prune_store
 
     pruned = prune_store(store, all_unused=not dangling_only)
+    for image_id in pruned.images_removed:
+        events.image("delete", image_id, image_id)
     deleted = [{"Untagged": _familiar(n)} for n in pruned.untagged]
     deleted += [{"Deleted": image_id} for image_id in pruned.images_removed]
     return {"ImagesDeleted": deleted or None, "SpaceReclaimed": pruned.bytes_freed}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from buildpy.api import events
 from buildpy.api.errors import ApiError
 from buildpy.api.routing import Query, dangling, labels_match, route
 from buildpy.cas.store import Store
@@ -62,6 +63,7 @@ def _create(h, q: Query) -> None:  # noqa: ANN001 - h: the server's exchange
         v = volumes.create(h.store, str(body.get("Name") or ""), {str(k): str(x) for k, x in labels.items()})
     except ContainerError as e:
         raise ApiError(400, str(e)) from None
+    events.volume("create", v.name)
     h.json(201, describe(v))
 
 
@@ -84,6 +86,7 @@ def _prune(h, q: Query) -> None:  # noqa: ANN001
             volumes.remove(h.store, v.name)
         except ContainerError:
             continue  # taken meanwhile
+        events.volume("destroy", v.name)
         deleted.append(v.name)
     h.json(200, {"VolumesDeleted": deleted, "SpaceReclaimed": 0})
 
@@ -101,4 +104,5 @@ def _remove(h, q: Query, name: str) -> None:  # noqa: ANN001
         raise ApiError(404, f"get {name}: no such volume") from None
     except volumes.VolumeInUse as e:
         raise ApiError(409, f"remove {name}: volume is in use - {e}") from None
+    events.volume("destroy", name)
     h.send(204, b"", "text/plain; charset=utf-8")

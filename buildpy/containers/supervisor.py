@@ -366,8 +366,24 @@ class Exec:
         return kids[0] if kids else self.pid
 
 
+EventHook = Callable[[str, Container, dict[str, str]], None]
+
+
 class Supervisor:
     """The containers one server supervises (see the module's docstring)."""
+
+    # Told what happens to a container on its own (action, container, attributes): "start" once
+    # its process runs, "kill" (signal), "die" (exitCode), "destroy" when auto-removed, "exec_die"
+    # (execID, exitCode). Called outside the supervisor's lock, before whoever waits on that is
+    # woken; a hook must not block. The API's event bus appends here (containers never import it).
+    on_event: list[EventHook] = []
+
+    def _emit(self, action: str, c: Container, attributes: dict[str, str] | None = None) -> None:
+        for hook in list(self.on_event):
+            try:
+                hook(action, c, attributes or {})
+            except Exception:  # noqa: BLE001 - a listener's failure never disturbs a container
+                traceback.print_exc()
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -477,6 +493,7 @@ class Supervisor:
                         live.child = pid
                         if live.killed:  # killed before it ran: the sandbox kills it when we raise
                             raise StartError("killed")
+                    self._emit("start", c)  # before the start's answer, and before its death
                     live.started.set()
 
                 try:
@@ -501,6 +518,7 @@ class Supervisor:
             if error and live.started.is_set():  # it ran for a while: docker run shows why it ended
                 channel.emit("stderr", f"buildpy: {error}\n".encode())
             pump.join()
+            ran = live.started.is_set()  # on_start ran: until the end of this block, only it sets `started`
             with self._cond:
                 channel.end()
                 self._channels.pop(c.id, None)
@@ -518,6 +536,12 @@ class Supervisor:
                 del self._live[c.id]
                 self._exits[c.id] = self._exits.get(c.id, 0) + 1
                 self._results[c.id] = (code, error)
+            # told outside the lock, once the record says exited (or is gone), before any waiter wakes
+            if ran:
+                self._emit("die", c, {"exitCode": str(code)})
+            if opts.remove:
+                self._emit("destroy", c)
+            with self._cond:
                 self._cond.notify_all()
             live.started.set()
             live.finished.set()
@@ -628,11 +652,11 @@ class Supervisor:
             e.pid = proc.pid
             e.running = True
             e.channel = channel
-        threading.Thread(target=self._exec_wait, args=(e, proc, channel), name=f"exec-{e.id[:12]}",
+        threading.Thread(target=self._exec_wait, args=(e, proc, channel, c), name=f"exec-{e.id[:12]}",
                          daemon=True).start()
         return e, channel, listener
 
-    def _exec_wait(self, e: Exec, proc: subprocess.Popen, channel: _ExecChannel) -> None:
+    def _exec_wait(self, e: Exec, proc: subprocess.Popen, channel: _ExecChannel, c: Container) -> None:
         pump = threading.Thread(target=channel.pump, name=f"exec-pump-{e.id[:12]}", daemon=True)
         pump.start()
         code = proc.wait()
@@ -643,6 +667,8 @@ class Supervisor:
         with self._cond:
             e.exit_code = 128 - code if code < 0 else code
             e.running = False
+        self._emit("exec_die", c, {"execID": e.id, "exitCode": str(e.exit_code)})  # before the client hears the end
+        with self._cond:
             channel.end()  # the code is recorded before the client hears the end: it asks next
             self._cond.notify_all()
         e.done.set()
@@ -705,6 +731,7 @@ class Supervisor:
             live = self._live.get(c.id)
         if live is None:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
+        self._emit("kill", c, {"signal": str(signum)})
         self._signal(live, signum)
         if signum == signal.SIGKILL:
             live.finished.wait(_KILL_WAIT)
@@ -718,8 +745,10 @@ class Supervisor:
         if live is None:
             return False
         timeout = STOP_TIMEOUT if timeout is None else timeout
+        self._emit("kill", c, {"signal": str(signum)})
         self._signal(live, signum)
         if not live.finished.wait(None if timeout < 0 else timeout):
+            self._emit("kill", c, {"signal": str(int(signal.SIGKILL))})
             self._signal(live, signal.SIGKILL)
             live.finished.wait(_KILL_WAIT)
         return True
@@ -734,6 +763,7 @@ class Supervisor:
             if not force:
                 raise Conflict(f"You cannot remove a running container {c.id}. Stop the container before "
                                "attempting removal or force remove")
+            self._emit("kill", c, {"signal": str(int(signal.SIGKILL))})
             self._signal(live, signal.SIGKILL)
             live.finished.wait(_KILL_WAIT)
         with self._cond:
